@@ -1,0 +1,224 @@
+"""One batch format for every dataset: named modalities, per-sample presence masks, a target.
+
+Every data source (synthetic, OULAD, ASSISTments) produces a :class:`MultimodalData` split; every
+model consumes :class:`Batch`. Nothing else crosses the data -> model boundary.
+
+Shapes (B = batch, T = steps, L = set/bag length, F = float features):
+
+* ``tabular``  : float ``[B, F]``, or ``[B, T, F]`` in per-step tasks (encoded position-wise);
+                 with ``vocab > 0``: long token ids ``[B, L]`` / ``[B, T, L]`` (0 = padding), summed.
+* ``sequence`` : float ``[B, T, F]`` or long ``[B, T, L]`` token bags (``vocab > 0``), with a bool
+                 padding mask ``pad[name]`` ``[B, T]`` (True = real step).
+* ``set``      : long ``[B, L]`` (``vocab > 0``) or float ``[B, L, F]``, order-free, ``pad`` ``[B, L]``.
+
+``present`` is bool ``[B, M]`` in ``specs`` order: False means the modality is missing for that
+sample, whatever its tensor holds. Targets: ``binary`` float ``[B]``; ``multiclass`` long ``[B]``;
+``per_step`` float ``[B, T]`` with ``y_mask`` bool ``[B, T]`` marking the scored steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import torch
+from torch import Tensor
+
+from dsrsd.errors import DsrsdError
+
+ModalityKind = Literal["tabular", "sequence", "set"]
+TaskKind = Literal["binary", "multiclass", "per_step"]
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What a modality looks like, enough to build its encoder."""
+
+    name: str
+    kind: ModalityKind
+    dim: int  # float feature size per element; for token inputs the embedding size to use
+    vocab: int = 0  # > 0: inputs are token ids in [0, vocab), 0 is padding
+    causal: bool = False  # sequence in a per-step task: step t may only see steps <= t
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tabular", "sequence", "set"):
+            raise DsrsdError(f"modality {self.name!r}: unknown kind {self.kind!r} "
+                             "(expected tabular, sequence or set)")
+        if self.dim <= 0:
+            raise DsrsdError(f"modality {self.name!r}: dim must be positive, got {self.dim}")
+        if self.vocab < 0:
+            raise DsrsdError(f"modality {self.name!r}: vocab must be >= 0, got {self.vocab}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The prediction target: binary, multi-class (``n_classes``) or per-step binary."""
+
+    kind: TaskKind
+    n_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("binary", "multiclass", "per_step"):
+            raise DsrsdError(f"unknown task kind {self.kind!r} (binary, multiclass, per_step)")
+        if self.kind == "multiclass" and self.n_classes < 2:
+            raise DsrsdError(f"multiclass task needs n_classes >= 2, got {self.n_classes}")
+
+    @property
+    def out_dim(self) -> int:
+        return self.n_classes if self.kind == "multiclass" else 1
+
+
+@dataclass
+class Batch:
+    """A mini-batch in the one format every model reads."""
+
+    x: dict[str, Tensor]
+    pad: dict[str, Tensor]
+    present: Tensor
+    y: Tensor
+    y_mask: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            x={k: mv(v) for k, v in self.x.items()},
+            pad={k: mv(v) for k, v in self.pad.items()},
+            present=mv(self.present),
+            y=mv(self.y),
+            y_mask=None if self.y_mask is None else mv(self.y_mask),
+        )
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+
+@dataclass
+class MultimodalData:
+    """An in-memory split: whole tensors, batched by index (no per-item collate).
+
+    ``extras`` carries anything a dataset wants to keep aligned with samples (e.g. ground-truth
+    factors of the synthetic data, student ids); it is indexed with the samples by :meth:`subset`.
+    """
+
+    specs: list[ModalitySpec]
+    task: TaskSpec
+    x: dict[str, Tensor]
+    pad: dict[str, Tensor]
+    present: Tensor
+    y: Tensor
+    y_mask: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def batch(self, idx: Tensor) -> Batch:
+        """Rows ``idx`` (a long tensor) as a :class:`Batch`."""
+        return Batch(
+            x={k: v[idx] for k, v in self.x.items()},
+            pad={k: v[idx] for k, v in self.pad.items()},
+            present=self.present[idx],
+            y=self.y[idx],
+            y_mask=None if self.y_mask is None else self.y_mask[idx],
+        )
+
+    def subset(self, idx: Tensor, name: str | None = None) -> MultimodalData:
+        """A new split holding rows ``idx`` (extras included)."""
+        b = self.batch(idx)
+        return MultimodalData(self.specs, self.task, b.x, b.pad, b.present, b.y, b.y_mask,
+                              {k: v[idx] for k, v in self.extras.items()}, name or self.name)
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                rank: int = 0, world: int = 1, drop_last: bool = False) -> Iterator[Batch]:
+        """Iterate mini-batches; with ``world > 1`` each rank gets its slice of every global batch.
+
+        ``batch_size`` is the *global* batch size, so data-parallel runs see exactly the samples a
+        single process would, split across ranks.
+        """
+        if batch_size <= 0:
+            raise DsrsdError(f"batch_size must be positive, got {batch_size}")
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            if world > 1:
+                idx = idx[rank::world]
+            if len(idx):
+                yield self.batch(idx)
+
+
+def validate(d: MultimodalData) -> None:
+    """Check a split against the format; raise :class:`DsrsdError` naming what is wrong."""
+    where = f"dataset {d.name!r}"
+    if len(d.specs) < 1:
+        raise DsrsdError(f"{where}: zero modalities")
+    names = [s.name for s in d.specs]
+    if len(set(names)) != len(names):
+        raise DsrsdError(f"{where}: duplicate modality names {names}")
+    n = d.y.shape[0]
+    if d.present.dtype != torch.bool or tuple(d.present.shape) != (n, len(d.specs)):
+        raise DsrsdError(f"{where}: present must be bool [{n}, {len(d.specs)}], "
+                         f"got {d.present.dtype} {tuple(d.present.shape)}")
+    for s in d.specs:
+        if s.name not in d.x:
+            raise DsrsdError(f"{where}: modality {s.name!r} has no tensor")
+        t = d.x[s.name]
+        if t.shape[0] != n:
+            raise DsrsdError(f"{where}: modality {s.name!r} has {t.shape[0]} rows, labels have {n}")
+        if s.vocab > 0:
+            if t.dtype != torch.long:
+                raise DsrsdError(f"{where}: modality {s.name!r} has vocab={s.vocab} so needs long "
+                                 f"token ids, got {t.dtype}")
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= s.vocab):
+                raise DsrsdError(f"{where}: modality {s.name!r} token ids outside [0, {s.vocab})")
+        else:
+            if not t.is_floating_point():
+                raise DsrsdError(f"{where}: modality {s.name!r} needs float features, got {t.dtype}")
+            if t.shape[-1] != s.dim:
+                raise DsrsdError(f"{where}: modality {s.name!r} has feature size {t.shape[-1]}, "
+                                 f"spec says dim={s.dim}")
+        if s.kind in ("sequence", "set"):
+            p = d.pad.get(s.name)
+            if p is None or p.dtype != torch.bool or tuple(p.shape) != tuple(t.shape[:2]):
+                raise DsrsdError(f"{where}: modality {s.name!r} needs a bool padding mask "
+                                 f"of shape {tuple(t.shape[:2])}")
+    if d.task.kind == "per_step":
+        if d.y.dim() != 2 or d.y_mask is None or d.y_mask.shape != d.y.shape:
+            raise DsrsdError(f"{where}: per_step task needs y [N, T] and a bool y_mask of the "
+                             "same shape")
+    elif d.task.kind == "multiclass":
+        if d.y.dtype != torch.long or d.y.dim() != 1:
+            raise DsrsdError(f"{where}: multiclass labels must be long [N]")
+        if n and (int(d.y.min()) < 0 or int(d.y.max()) >= d.task.n_classes):
+            raise DsrsdError(f"{where}: labels outside [0, {d.task.n_classes})")
+    else:
+        if d.y.dim() != 1 or not d.y.is_floating_point():
+            raise DsrsdError(f"{where}: binary labels must be float [N] of 0/1")
+
+
+@dataclass
+class Splits:
+    """train / val / test splits of one dataset, plus a description for records."""
+
+    train: MultimodalData
+    val: MultimodalData
+    test: MultimodalData
+    info: dict = field(default_factory=dict)
+
+
+def flat_targets(batch: Batch) -> Tensor:
+    """The targets a model's logits line up with: ``y`` or, per-step, ``y[y_mask]``."""
+    if batch.y_mask is not None:
+        return batch.y[batch.y_mask]
+    return batch.y

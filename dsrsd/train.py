@@ -1,0 +1,253 @@
+"""Training: fit, evaluate, checkpoints, early stopping, data parallel, records.
+
+``fit`` is the one entry point (the CLI, the notebooks and the sweep all call it). Seeded CPU
+runs are bit-identical; a killed run resumed from its last checkpoint ends with the same
+metrics, because every epoch's shuffling is seeded by ``(seed, epoch)`` and the checkpoint
+carries the optimiser and RNG state. On CUDA, bf16 autocast and non-deterministic kernels
+(e.g. scatter-add in embedding backward) make runs close but not bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from dsrsd.config import WARMUP_TERMS, TrainConfig
+from dsrsd.data import Splits, flat_targets, load_dataset
+from dsrsd.data.batch import MultimodalData
+from dsrsd.errors import DsrsdError
+from dsrsd.losses import task_loss, total_objective
+from dsrsd.metrics import binary_metrics, multiclass_metrics
+from dsrsd.records import atomic_torch_save, atomic_write_json, provenance
+from dsrsd.registry import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DsrsdError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _autocast(device: torch.device, amp: bool):
+    # bf16 on CUDA only: CPU autocast is slower than fp32 for these small models.
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
+            device: torch.device | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and predicted probabilities (``[N]`` binary, ``[N, C]`` multiclass) on ``data``."""
+    if hasattr(model, "predict_proba"):  # non-neural methods (e.g. gradient boosting)
+        return model.predict_proba(data)
+    device = device or next(model.parameters()).device
+    was = model.training
+    model.eval()
+    ys, ps = [], []
+    for batch in data.batches(batch_size):
+        batch = batch.to(device)
+        with _autocast(device, amp):
+            logits = model(batch).logits.float()
+        ps.append(torch.softmax(logits, -1) if data.task.kind == "multiclass" else torch.sigmoid(logits))
+        ys.append(flat_targets(batch))
+    model.train(was)
+    return torch.cat(ys).cpu().numpy(), torch.cat(ps).cpu().numpy()
+
+
+def evaluate(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
+             device: torch.device | None = None, amp: bool = True) -> dict[str, float]:
+    """Protocol metrics of ``model`` on ``data``."""
+    y, p = predict(model, data, batch_size, device, amp)
+    return multiclass_metrics(y, p) if data.task.kind == "multiclass" else binary_metrics(y, p)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # No weight decay on biases, norms and embeddings' padding-free vectors of rank 1.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DsrsdError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``); a bad file is a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DsrsdError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise DsrsdError(f"checkpoint {str(path)!r} is corrupt or not a torch file "
+                         f"({type(e).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise DsrsdError(f"checkpoint {str(path)!r} is not a dsrsd checkpoint (format "
+                         f"{CHECKPOINT_FORMAT})")
+    return ck
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _allreduce_grads(model: nn.Module, world: int) -> None:
+    """Sum gradients over ranks (losses are pre-scaled by the local share of the batch)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None = None,
+        resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg.method`` on ``cfg.dataset`` and return its record (also written to ``out``).
+
+    With ``out``: ``out/metrics.json`` (the record), ``out/last.pt`` (resumable, every epoch)
+    and ``out/best.pt`` (the best-validation weights). Under ``torchrun`` every rank trains on
+    its share of each global batch; rank 0 writes.
+    """
+    t0 = time.perf_counter()
+    rank, world = _dist_info()
+    out = Path(out) if out is not None else None
+    if out is not None and rank == 0:
+        _check_out(out)
+    device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    set_seed(cfg.seed)
+    if splits is None:
+        splits = load_dataset(cfg.dataset, seed=cfg.seed, **cfg.data_params)
+    train, val, test = splits.train, splits.val, splits.test
+    for part in (train, val, test):
+        if len(part) == 0:
+            raise DsrsdError(f"split {part.name!r} is empty")
+    model = build_model(cfg, train.specs, train.task, train).to(device)
+    record = {"method": cfg.method, "dataset": cfg.dataset, "config": cfg.to_dict(),
+              "config_hash": cfg.hash(), "seed": cfg.seed, "data_info": splits.info,
+              "n_params": count_parameters(model), "world_size": world}
+
+    if hasattr(model, "fit_direct"):  # non-neural or own-protocol methods
+        model.fit_direct(splits, cfg, device)
+        history, epochs_run, best_epoch = [], 0, -1
+    else:
+        history, epochs_run, best_epoch = _train_loop(model, cfg, train, val, device, out,
+                                                      resume, progress, rank, world)
+    record.update({
+        "val": evaluate(model, val, device=device, amp=cfg.amp),
+        "test": evaluate(model, test, device=device, amp=cfg.amp),
+        "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
+        "wall_time_s": time.perf_counter() - t0, **provenance(device)})
+    if out is not None and rank == 0:
+        atomic_write_json(out / "metrics.json", record)
+    record["model"] = model
+    return record
+
+
+def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, world):
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    history: list[dict] = []
+    best = {"score": -math.inf, "epoch": -1, "state": None}
+    bad_epochs, start = 0, 0
+    if resume and out is not None and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt")
+        if ck["config_hash"] != cfg.hash():
+            raise DsrsdError(f"--resume: {out / 'last.pt'} was written by a different config")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        history, best, bad_epochs, start = ck["history"], ck["best"], ck["bad_epochs"], ck["epoch"] + 1
+    warm = {t: cfg.warmup_epochs for t in WARMUP_TERMS}
+    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method}", disable=not progress or rank > 0,
+               initial=start, total=cfg.epochs, leave=False)
+    for epoch in bar:
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch, train, device)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        n_steps = 0
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        for batch in train.batches(cfg.batch_size, shuffle=True, generator=g, rank=rank, world=world):
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                o = model(batch)
+                terms = {"task": task_loss(o.logits, flat_targets(batch)), **o.aux}
+            loss, logged = total_objective(terms, cfg.weights, epoch, warm)
+            opt.zero_grad(set_to_none=True)
+            if world > 1:
+                n_local = torch.tensor(float(len(batch)), device=device)
+                n_all = n_local.clone()
+                dist.all_reduce(n_all)
+                (loss * n_local / n_all).backward()
+                _allreduce_grads(model, world)
+            else:
+                loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_steps += 1
+        row = {"epoch": epoch, **{k: float(v) / max(n_steps, 1) for k, v in sums.items()}}
+        row["val_auc"] = evaluate(model, val, device=device, amp=cfg.amp)["auc"]
+        history.append(row)
+        score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["task"]
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        bar.set_postfix(loss=f"{row['total']:.3f}", val_auc=f"{row['val_auc']:.3f}")
+        stop = bad_epochs >= cfg.patience
+        if out is not None and rank == 0:
+            atomic_torch_save({"format": CHECKPOINT_FORMAT, "config_hash": cfg.hash(),
+                               "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "rng": torch.get_rng_state(), "history": history, "best": best,
+                               "bad_epochs": bad_epochs, "epoch": epoch}, out / "last.pt")
+        if stop:
+            break
+    bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        if out is not None and rank == 0:
+            atomic_torch_save({"format": CHECKPOINT_FORMAT, "config_hash": cfg.hash(),
+                               "model": best["state"], "epoch": best["epoch"]}, out / "best.pt")
+    return history, len(history), best["epoch"]
