@@ -15,9 +15,11 @@ Everything concrete below is our reconstruction [R] (papers.md section 1.3):
 * Gated fusion: per-modality weights ``alpha_m`` (softmax over *present* modalities, readable),
   a shared consensus ``s_bar = sum_m alpha_m z_m``, a private summary over present modalities,
   and a feature gate ``g`` mixing the two: ``f = g * s_bar + (1 - g) * p_bar``.
-* Losses (``dsrsd.losses``): InfoNCE + MSE/cosine between modality pairs of ``z``; VICReg
-  variance + covariance on each modality's ``s``; MISA orthogonality between ``s_m`` and
-  ``p_m``; optional reconstruction of each float modality's input summary from ``s_m + p_m``.
+* Losses (``dsrsd.losses``): InfoNCE + cosine (or MSE) between modality pairs of ``z``; VICReg
+  variance + covariance on each modality's ``z``; MISA orthogonality between ``z_m`` and
+  ``p_m``; reconstruction of each float modality's input summary from ``s_m + p_m``.
+  The regularisers act on ``z``, the shared stream *in the common space*: with them on ``s``
+  the task gradient kept private factors in ``s`` (measured in chapter 2's probes).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class DSRSDNet(FusionModel):
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, k: int = 64,
                  seq_encoder: str = "gru", dropout: float = 0.1, modality_dropout: float = 0.0,
-                 fusion: str = "gate", temperature: float = 0.1, regression: str = "mse",
+                 fusion: str = "gate", temperature: float = 0.1, regression: str = "cosine",
                  decorrelation: str = "vicreg", orthogonality: str = "frobenius",
                  max_aux_rows: int = 1024):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
@@ -147,18 +149,19 @@ class DSRSDNet(FusionModel):
             con = con + losses.info_nce(z[a][both], z[b][both], self.temperature)
             reg = reg + reg_fn(z[a][both], z[b][both])
             if self.decorrelation_form == "barlow":
-                dec = dec + losses.barlow_twins(s[a][both], s[b][both])
+                dec = dec + losses.barlow_twins(z[a][both], z[b][both])
             n_pairs += 1
-        for m in range(len(s)):
+        for m in range(len(z)):
             here = pres[:, m]
             if int(here.sum()) < 2:
                 continue
             if self.decorrelation_form == "vicreg":
-                dec = dec + losses.decorrelation(s[m][here])
-            if self.orthogonality_form == "frobenius":
-                orth = orth + losses.orthogonality(s[m][here], p[m][here])
-            else:
-                orth = orth + losses.orthogonality_cos2(s[m][here], p[m][here])
+                dec = dec + losses.decorrelation(z[m][here])
+            # Private is kept orthogonal to the shared stream before and after the alignment head:
+            # either alone left shared factors readable from p (chapter 2 probes).
+            ortho = (losses.orthogonality if self.orthogonality_form == "frobenius"
+                     else losses.orthogonality_cos2)
+            orth = orth + 0.5 * (ortho(z[m][here], p[m][here]) + ortho(s[m][here], p[m][here]))
             n_mod += 1
         dec_n = n_pairs if self.decorrelation_form == "barlow" else n_mod
         out = {"align_con": con / max(n_pairs, 1), "align_reg": reg / max(n_pairs, 1),

@@ -146,9 +146,9 @@ def _read_table(src: _Source, table: str) -> pd.DataFrame:
               keep_default_na=False, skipinitialspace=True)
     try:
         df = src.read(table, dtype=dtype, **kw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as e:
         _diagnose_numbers(src, table, kw)
-        raise
+        raise DsrsdError(f"{table}.csv: unreadable values ({str(e).splitlines()[0]})") from None
     df.columns = [str(c).strip() for c in df.columns]
     for col, kind in spec.items():
         n_na = int(df[col].isna().sum())
@@ -616,3 +616,13 @@ def load_oulad(data_dir: str | Path | None = None, cutoff: float = 0.5,
         return _build(t, sv, float(cutoff), label, split, direction, float(val_frac), int(seed))
 
     return _to_splits(cached_torch(root / "tensors" / f"{key}.pt", build), label)
+
+
+def oulad_features_flat(data: MultimodalData) -> tuple[np.ndarray, np.ndarray]:
+    """Flat features for quick baselines: attributes, behaviour and assessments flattened
+    (padding steps are zeros, so the columns line up across samples), plus total log-clicks per
+    activity type. Returns ``(X [N, F], y [N])``."""
+    beh = data.x["behaviour"].numpy()
+    cols = [data.x["attributes"].numpy(), beh.reshape(len(beh), -1),
+            np.log1p(np.expm1(beh).sum(1)), data.x["assessments"].numpy().reshape(len(beh), -1)]
+    return np.concatenate(cols, 1).astype(np.float32), data.y.numpy()

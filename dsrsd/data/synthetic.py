@@ -62,8 +62,9 @@ SCENARIOS: dict[str, dict] = {
     "default": {},
     # Dominance: modality 0 is loud (scale 10, many high-variance nuisance features) but its
     # private factors carry no label signal; the quiet modalities' private factors do.
-    "dominance": {"scales": (10.0, 1.0, 1.0), "nuisance": (24, 0, 0), "label_private": (1, 2),
-                  "label_weights": (0.7, 1.3)},
+    # Small n so that the loud modality alone can fit the training set through its nuisance.
+    "dominance": {"n": 800, "scales": (10.0, 1.0, 1.0), "nuisance": (128, 0, 0),
+                  "nuisance_scale": 10.0, "label_private": (1, 2), "label_weights": (0.7, 1.3)},
 }
 
 

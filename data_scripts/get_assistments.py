@@ -1,0 +1,43 @@
+"""Download (or take a local copy of) ASSISTments 2009 and write the parsed cache.
+
+    python data_scripts/get_assistments.py [--source DIR_OR_CSV] [--data-dir D] [--no-verify]
+
+Without --source, AKT's assist2009_pid files are downloaded from GitHub and checked against
+their SHA-256 sums. --source takes a local copy of that folder (sums checked unless --no-verify)
+or the original skill_builder_data_corrected.csv. The cache goes to <data-dir>/assist2009/
+(data dir: --data-dir, else $DSRSD_DATA, else ~/.cache/dsrsd). A second run with a valid cache
+does nothing. Errors print ``error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
+
+from dsrsd.data.assist import prepare_assist2009  # noqa: E402
+from dsrsd.errors import DsrsdError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", help="AKT assist2009_pid folder or skill-builder CSV "
+                                     "(default: download AKT's files)")
+    ap.add_argument("--data-dir", help="data folder (default: $DSRSD_DATA or ~/.cache/dsrsd)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip the SHA-256 check of a local AKT folder (only for test fixtures)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
+    args = ap.parse_args(argv)
+    try:
+        prepare_assist2009(args.source, args.data_dir, verify=not args.no_verify,
+                           force=args.force)
+    except DsrsdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
