@@ -30,10 +30,12 @@ def drop_modalities(present: Tensor, p: float, generator: torch.Generator | None
     """Randomly mark present modalities missing with probability ``p``, keeping >= 1 per row."""
     if p <= 0:
         return present
-    drop = torch.rand(present.shape, generator=generator, device="cpu").to(present.device) < p
-    kept = present & ~drop
-    # Rows that would lose every modality keep what they had: a sample needs one modality.
-    return torch.where(kept.any(1, keepdim=True), kept, present)
+    u = torch.rand(present.shape, generator=generator, device="cpu").to(present.device)
+    kept = present & (u >= p)
+    # A row that would lose every modality keeps one of its present ones, chosen at random.
+    rescue = torch.zeros_like(present)
+    rescue.scatter_(1, torch.where(present, u, -1.0).argmax(1, keepdim=True), True)
+    return torch.where(kept.any(1, keepdim=True), kept, rescue & present)
 
 
 class FusionModel(nn.Module):

@@ -40,6 +40,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--d", type=int, default=64, help="hidden size")
     p.add_argument("--seq-encoder", default="gru", choices=None)
     p.add_argument("--modality-dropout", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--data", action="append", metavar="KEY=VALUE", help="dataset parameter")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter")
@@ -53,7 +54,7 @@ def _train(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(method=a.method, dataset=a.dataset, epochs=a.epochs, seed=a.seed,
                       device=a.device, batch_size=a.batch_size, lr=a.lr, d=a.d,
-                      seq_encoder=a.seq_encoder, modality_dropout=a.modality_dropout,
+                      seq_encoder=a.seq_encoder, modality_dropout=a.modality_dropout, dropout=a.dropout,
                       patience=a.patience, data_params=_kv(a.data, "--data"),
                       method_params=_kv(a.param, "--param"),
                       weights={**DEFAULT_WEIGHTS, **_kv(a.weight, "--weight")})

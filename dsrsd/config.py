@@ -11,10 +11,10 @@ from dsrsd.errors import DsrsdError
 # Default loss weights, all ours [R]. papers.md section 1.4 proposes lambda_a = 0.1, lambda_d =
 # 0.04, lambda_o = 0.1, lambda_r = 0; with those the streams did not separate on the planted-factor
 # data (chapter 2 shows the probe numbers). These were chosen on that synthetic data only: full
-# # alignment weight with the cosine regression, orthogonality 30 (the Frobenius form averages
-# k^2 tiny entries, so it needs a large weight), and reconstruction 0.3 so the private stream
+# # alignment weight with the cosine regression, orthogonality 10 (the Frobenius form averages
+# k^2 tiny entries, so it needs a large weight), and reconstruction 1 so the private stream
 # keeps what the task alone would not ask for. Chapter 9 sweeps them.
-DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 30.0, "recon": 0.3,
+DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 10.0, "recon": 1.0,
                    # COrAL and MISA return one pre-weighted term each (their inner weights are
                    # method_params), so their outer weight is 1.
                    "coral": 1.0, "misa": 1.0}
