@@ -37,7 +37,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if present")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--d", type=int, default=64, help="hidden size")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size d of every encoder")
     p.add_argument("--seq-encoder", default="gru", choices=None)
     p.add_argument("--modality-dropout", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.1)
@@ -53,7 +53,7 @@ def _train(a: argparse.Namespace) -> int:
     from dsrsd.train import fit
 
     cfg = TrainConfig(method=a.method, dataset=a.dataset, epochs=a.epochs, seed=a.seed,
-                      device=a.device, batch_size=a.batch_size, lr=a.lr, d=a.d,
+                      device=a.device, batch_size=a.batch_size, lr=a.lr, d=a.hidden,
                       seq_encoder=a.seq_encoder, modality_dropout=a.modality_dropout, dropout=a.dropout,
                       patience=a.patience, data_params=_kv(a.data, "--data"),
                       method_params=_kv(a.param, "--param"),
