@@ -1,0 +1,247 @@
+"""Sweeps: ``python -m dsrsd sweep --grid GRID.json | --preset NAME --out results/runs``.
+
+A grid expands methods x datasets x seeds (x folds) into runs; each run calls
+:func:`dsrsd.train.fit` and writes ``<out>/<run_id>/metrics.json`` (the record, with provenance).
+``run_id`` is readable plus the config hash (``oulad-dsrsd-s0-<hash>``).
+
+* Resumable: a run whose ``metrics.json`` exists with the same ``config_hash`` is skipped; a
+  run killed mid-way continues from its ``last.pt``.
+* Failures are never dropped: the run's folder gets ``error.json`` with the one-line error.
+* ``--jobs N`` runs N at a time in processes (one torch thread each).
+* Checkpoints (``*.pt``) are deleted after each run; only the small JSON record stays.
+
+Grid JSON (every key but ``methods`` and ``datasets`` optional)::
+
+    {"methods": ["dsrsd", "early"],
+     "datasets": [{"name": "oulad", "data_params": {"cutoff": 0.5}, "seeds": [0, 1, 2]},
+                  {"name": "assist2009", "folds": [1, 2, 3], "max_train": 800}],
+     "seeds": [0], "config": {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512},
+     "method_params": {"unimodal": {"modality": "behaviour"}}}
+
+``max_train`` (dataset level) trains on a seeded random subsample of that many training samples
+(validation and test stay whole); it is kept in the record's ``data_params`` and so in its hash.
+Follow-up: executing chapters per configuration through papermill is not done here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from dsrsd.errors import DsrsdError
+
+_OULAD = {"cutoff": 0.5, "label": "binary", "split": "temporal"}
+_COMMON = {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512}
+
+PRESETS: dict[str, dict] = {
+    "oulad": {"methods": ["dsrsd", "early", "late", "late_logit", "unimodal", "gbdt"],
+              "datasets": [{"name": "oulad", "data_params": dict(_OULAD), "seeds": [0, 1, 2]}],
+              "config": dict(_COMMON),
+              "method_params": {"unimodal": {"modality": "behaviour"}}},
+    "assist": {"methods": ["dsrsd", "early", "late_logit", "gbdt"],
+               "datasets": [{"name": "assist2009", "folds": [1, 2, 3], "max_train": 600}],
+               "config": {**_COMMON, "epochs": 6, "patience": 2, "batch_size": 32}},
+    "smoke": {"methods": ["dsrsd", "early"],
+              "datasets": [{"name": "synthetic", "data_params": {"n": 300}, "seeds": [0]}],
+              "config": {"epochs": 2, "d": 16, "batch_size": 64}},
+}
+
+SKIP_KEYS = ("name", "data_params", "seeds", "folds", "max_train")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of methods x datasets x seeds into records")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--grid", help="grid JSON file")
+    src.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--out", default="results/runs", help="folder of run records")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="override every run's epochs")
+    p.add_argument("--quick", action="store_true", help="1 epoch per run (a format check)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only-method", action="append", help="restrict to these methods")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+
+
+def load_grid(grid: str | None = None, preset: str | None = None) -> dict:
+    if preset is not None:
+        if preset not in PRESETS:
+            raise DsrsdError(f"unknown preset {preset!r} (expected {', '.join(sorted(PRESETS))})")
+        return json.loads(json.dumps(PRESETS[preset]))
+    try:
+        g = json.loads(Path(grid).read_text())
+    except OSError as e:
+        raise DsrsdError(f"cannot read grid {grid!r}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise DsrsdError(f"grid {grid!r} is not valid JSON: {e}") from None
+    if not isinstance(g, dict) or not g.get("methods") or not g.get("datasets"):
+        raise DsrsdError(f"grid {grid!r} needs non-empty 'methods' and 'datasets'")
+    return g
+
+
+def expand(grid: dict, epochs: int | None = None, quick: bool = False,
+           device: str = "cpu") -> list[dict]:
+    """The runs of ``grid``: dicts with ``run_id``, ``config`` (TrainConfig dict), ``max_train``.
+
+    A run whose config is invalid (e.g. a bad config value) is still listed, with ``error``
+    set, so it is recorded rather than dropped. Unknown methods fail inside the run.
+    """
+    from dsrsd.config import DEFAULT_WEIGHTS, TrainConfig
+
+    runs = []
+    base = dict(grid.get("config", {}))
+    if epochs is not None:
+        base["epochs"] = epochs
+    if quick:
+        base["epochs"] = 1
+    base["device"] = device
+    for ds in grid["datasets"]:
+        ds = {"name": ds} if isinstance(ds, str) else ds
+        name = ds["name"]
+        seeds = ds.get("seeds", grid.get("seeds", [0]))
+        folds = ds.get("folds", [None])
+        for fold in folds:
+            for seed in seeds:
+                for method in grid["methods"]:
+                    dp = dict(ds.get("data_params", {}))
+                    if fold is not None:
+                        dp["fold"] = fold
+                    if ds.get("max_train"):
+                        dp["max_train"] = int(ds["max_train"])
+                    cfgd = {**base, "method": method, "dataset": name, "seed": seed,
+                            "data_params": dp,
+                            "method_params": dict(grid.get("method_params", {}).get(method, {})),
+                            "weights": {**DEFAULT_WEIGHTS, **grid.get("weights", {})}}
+                    tag = f"{name}-{method}" + (f"-f{fold}" if fold is not None else "") + f"-s{seed}"
+                    try:
+                        h = TrainConfig.from_dict(cfgd).hash()
+                        runs.append({"run_id": f"{tag}-{h}", "config": cfgd, "hash": h})
+                    except (DsrsdError, TypeError) as e:
+                        runs.append({"run_id": f"{tag}-invalid", "config": cfgd, "hash": None,
+                                     "error": str(e).splitlines()[0]})
+    return runs
+
+
+def is_done(run_dir: Path, h: str | None) -> bool:
+    f = run_dir / "metrics.json"
+    if h is None or not f.exists():
+        return False
+    try:
+        return json.loads(f.read_text()).get("config_hash") == h
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _subsample(splits, max_train: int, seed: int):
+    import torch
+
+    from dsrsd.data import Splits
+    n = len(splits.train)
+    if max_train >= n:
+        return splits
+    g = torch.Generator().manual_seed(10_000 + seed)
+    idx = torch.randperm(n, generator=g)[:max_train].sort().values
+    info = {**splits.info, "subsample_train": [max_train, n]}
+    return Splits(splits.train.subset(idx, splits.train.name), splits.val, splits.test, info)
+
+
+def run_one(run: dict, out: str) -> dict:
+    """Train one run into ``out/run_id``; return a short status dict (never raises)."""
+    from dsrsd.records import atomic_write_json
+
+    run_dir = Path(out) / run["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        if run.get("error"):
+            raise DsrsdError(run["error"])
+        import torch
+        torch.set_num_threads(1)
+        from dsrsd.config import TrainConfig
+        from dsrsd.data import load_dataset
+        from dsrsd.train import fit
+        cfg = TrainConfig.from_dict(run["config"])
+        dp = dict(cfg.data_params)
+        max_train = dp.pop("max_train", None)
+        splits = load_dataset(cfg.dataset, seed=cfg.seed, **dp)
+        if max_train:
+            splits = _subsample(splits, int(max_train), cfg.seed)
+        # resume=True continues a run killed mid-way from its last.pt (same config hash only)
+        rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False)
+        (run_dir / "error.json").unlink(missing_ok=True)
+        return {"run_id": run["run_id"], "status": "ok", "auc": rec["test"].get("auc"),
+                "wall_time_s": rec["wall_time_s"]}
+    except Exception as e:  # recorded, never dropped
+        msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+        atomic_write_json(run_dir / "error.json", {
+            "run_id": run["run_id"], "error": f"{type(e).__name__}: {msg}",
+            "config": run["config"], "wall_time_s": time.perf_counter() - t0,
+            "traceback_tail": traceback.format_exc().splitlines()[-3:]})
+        return {"run_id": run["run_id"], "status": "error", "error": msg}
+    finally:  # a run killed by a signal keeps last.pt, so the next sweep resumes it
+        for pt in run_dir.glob("*.pt"):
+            pt.unlink(missing_ok=True)
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    torch.set_num_threads(1)
+
+
+def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = True) -> dict:
+    """Run (or skip) every run; return counts and the wall time. Writes ``out/sweep_log.json``."""
+    from tqdm.auto import tqdm
+
+    from dsrsd.records import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in runs if not is_done(out / r["run_id"], r["hash"])]
+    skipped = len(runs) - len(todo)
+    t0 = time.perf_counter()
+    results = []
+    bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
+    if jobs <= 1:
+        for r in todo:
+            results.append(run_one(r, str(out)))
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as ex:
+            futs = [ex.submit(run_one, r, str(out)) for r in todo]
+            for f in as_completed(futs):
+                results.append(f.result())
+                bar.update(1)
+    bar.close()
+    summary = {"n_runs": len(runs), "skipped": skipped,
+               "ok": sum(r["status"] == "ok" for r in results),
+               "errors": [r for r in results if r["status"] == "error"],
+               "wall_time_s": time.perf_counter() - t0, "jobs": jobs}
+    if todo:
+        log = out / "sweep_log.json"
+        prev = json.loads(log.read_text()) if log.exists() else []
+        atomic_write_json(log, {"sweeps": (prev.get("sweeps", []) if isinstance(prev, dict) else [])
+                                + [{**summary, "run_ids": [r["run_id"] for r in todo]}]})
+    return summary
+
+
+def run(a: argparse.Namespace) -> int:
+    grid = load_grid(a.grid, a.preset)
+    if a.only_method:
+        grid["methods"] = [m for m in grid["methods"] if m in a.only_method]
+    runs = expand(grid, epochs=a.epochs, quick=a.quick, device=a.device)
+    if a.dry_run:
+        for r in runs:
+            print(r["run_id"])
+        return 0
+    s = sweep(runs, a.out, jobs=a.jobs, progress=os.environ.get("TQDM_DISABLE") != "1")
+    print(f"sweep: {s['n_runs']} runs, {s['skipped']} skipped (done), {s['ok']} ok, "
+          f"{len(s['errors'])} failed, wall {s['wall_time_s']:.1f}s -> {a.out}")
+    for e in s["errors"]:
+        print(f"  failed {e['run_id']}: {e['error']}")
+    return 1 if s["errors"] else 0

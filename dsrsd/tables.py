@@ -1,0 +1,205 @@
+"""Tables from run records: every number in the results chapters is computed here from records.
+
+    python -m dsrsd.tables [--runs results/runs] [--out results]
+
+writes ``records.csv`` (one row per run), ``summary.csv`` (mean +- std per method x dataset),
+``significance.csv`` (DSRSD-Net vs each method, paired over matched seeds/folds) and
+``errors.csv`` (failed runs, from ``error.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dsrsd.errors import DsrsdError
+
+ID_COLS = ["run_id", "method", "variant", "dataset", "seed", "fold", "unit"]
+
+
+def _variant(method: str, params: dict) -> str:
+    """``method`` plus its method parameters, e.g. ``unimodal[modality=behaviour]``."""
+    if not params:
+        return method
+    return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"
+
+
+def record_row(rec: dict, run_id: str = "") -> dict:
+    cfg = rec.get("config", {})
+    dp = dict(cfg.get("data_params", {}))
+    mp = dict(cfg.get("method_params", {}))
+    fold = dp.get("fold")
+    seed = rec.get("seed", cfg.get("seed"))
+    row = {"run_id": run_id, "method": rec["method"], "variant": _variant(rec["method"], mp),
+           "dataset": rec["dataset"], "seed": seed, "fold": fold,
+           "unit": f"f{fold}-s{seed}" if fold is not None else f"s{seed}",
+           "data_params": json.dumps({k: v for k, v in dp.items() if k != "fold"}, sort_keys=True),
+           "method_params": json.dumps(mp, sort_keys=True),
+           "max_train": dp.get("max_train"),
+           "epochs": cfg.get("epochs"), "epochs_run": rec.get("epochs_run"),
+           "best_epoch": rec.get("best_epoch"), "n_params": rec.get("n_params"),
+           "wall_time_s": rec.get("wall_time_s"), "device": rec.get("device"),
+           "git_commit": rec.get("git_commit"), "config_hash": rec.get("config_hash"),
+           "date": rec.get("date"), "torch": rec.get("torch")}
+    for split in ("test", "val"):
+        for k, v in (rec.get(split) or {}).items():
+            if isinstance(v, (int, float)):
+                row[f"{split}_{k}"] = v
+    return row
+
+
+def load_records(runs_dir: str | Path = "results/runs") -> pd.DataFrame:
+    """One row per ``*/metrics.json`` under ``runs_dir`` (sorted by run id)."""
+    runs_dir = Path(runs_dir)
+    rows = []
+    for f in sorted(runs_dir.glob("*/metrics.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DsrsdError(f"bad record {f}: {e}") from None
+        rows.append(record_row(rec, f.parent.name))
+    if not rows:
+        return pd.DataFrame(columns=ID_COLS + ["test_auc", "wall_time_s"])
+    return pd.DataFrame(rows).sort_values("run_id").reset_index(drop=True)
+
+
+def load_errors(runs_dir: str | Path = "results/runs") -> pd.DataFrame:
+    """Failed runs: run id and the one-line error (runs that later succeeded are left out)."""
+    rows = []
+    for f in sorted(Path(runs_dir).glob("*/error.json")):
+        if (f.parent / "metrics.json").exists():
+            continue
+        e = json.loads(f.read_text())
+        rows.append({"run_id": f.parent.name, "error": e.get("error", "")})
+    return pd.DataFrame(rows, columns=["run_id", "error"])
+
+
+def summary(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
+    """Mean, std (ddof=1), n and ``mean ± std`` per dataset x variant, best first per dataset."""
+    if df.empty:
+        return pd.DataFrame(columns=["dataset", "variant", "n", "mean", "std", "mean ± std"])
+    g = df.groupby(["dataset", "variant"])[metric]
+    out = g.agg(n="count", mean="mean", std="std").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    out["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(out["mean"], out["std"])]
+    wall = df.groupby(["dataset", "variant"])["wall_time_s"].mean().rename("wall_time_s_mean")
+    out = out.merge(wall.reset_index(), on=["dataset", "variant"])
+    return out.sort_values(["dataset", "mean"], ascending=[True, False]).reset_index(drop=True)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
+    """Two-sided paired test of ``a`` vs ``b``: Wilcoxon signed-rank for n >= 6, else paired t."""
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n = len(d)
+    if n < 2 or np.allclose(d, 0):
+        return ("none", math.nan)
+    if n >= 6:
+        return ("wilcoxon", float(stats.wilcoxon(a, b).pvalue))
+    return ("paired_t", float(stats.ttest_rel(a, b).pvalue))
+
+
+def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
+                 alpha: float = 0.05) -> pd.DataFrame:
+    """``ref`` vs every other variant per dataset, paired over the units (seeds/folds) both ran."""
+    cols = ["dataset", "ref", "variant", "n_pairs", "ref_mean", "other_mean", "mean_diff",
+            "test", "p_value", "significant", "ref_better"]
+    rows = []
+    for ds, sub in df.groupby("dataset"):
+        piv = sub.pivot_table(index="unit", columns="variant", values=metric, aggfunc="mean")
+        if ref not in piv:
+            continue
+        for v in piv.columns:
+            if v == ref:
+                continue
+            pair = piv[[ref, v]].dropna()
+            test, p = paired_test(pair[ref].to_numpy(), pair[v].to_numpy())
+            diff = float((pair[ref] - pair[v]).mean()) if len(pair) else math.nan
+            rows.append({"dataset": ds, "ref": ref, "variant": v, "n_pairs": len(pair),
+                         "ref_mean": float(pair[ref].mean()) if len(pair) else math.nan,
+                         "other_mean": float(pair[v].mean()) if len(pair) else math.nan,
+                         "mean_diff": diff, "test": test, "p_value": p,
+                         "significant": bool(p < alpha) if not math.isnan(p) else False,
+                         "ref_better": bool(diff > 0)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "results") -> dict:
+    """Write records / summary / significance / errors CSVs; return the frames."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_records(runs_dir)
+    frames = {"records": df, "summary": summary(df), "significance": significance(df),
+              "errors": load_errors(runs_dir)}
+    for name, f in frames.items():
+        f.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    return frames
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dsrsd.tables", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="results/runs")
+    p.add_argument("--out", default="results")
+    a = p.parse_args(argv)
+    fr = write_tables(a.runs, a.out)
+    print(fr["summary"].to_string(index=False))
+    print(fr["significance"].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+def headline(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
+    """``mean ± std (n)`` per variant (rows) x dataset (columns), best first on the first dataset."""
+    s = summary(df, metric)
+    if s.empty:
+        return pd.DataFrame()
+    s["cell"] = [f"{m:.4f} ± {sd:.4f} (n={n})" for m, sd, n in zip(s["mean"], s["std"], s["n"])]
+    t = s.pivot(index="variant", columns="dataset", values="cell")
+    order = s.pivot(index="variant", columns="dataset", values="mean")
+    t = t.loc[order.sort_values(list(order.columns), ascending=False).index]
+    t.columns.name = None
+    return t.fillna("—")
+
+
+def _ptext(row, alpha: float) -> str:
+    if row["test"] == "none":
+        return f"untested: {row['n_pairs']} matched pair(s) or identical scores"
+    word = "significant" if row["significant"] else "not significant"
+    return f"{word}: {row['test']} p = {row['p_value']:.3g}, alpha {alpha}, {row['n_pairs']} pairs"
+
+
+def verdict(df: pd.DataFrame, dataset: str, ref: str = "dsrsd", metric: str = "test_auc",
+            alpha: float = 0.05) -> str:
+    """One sentence, computed from the records: is ``ref`` best on ``dataset``, and significantly?"""
+    s = summary(df[df["dataset"] == dataset], metric)
+    if s.empty or ref not in set(s["variant"]):
+        return f"{dataset}: no {ref} records."
+    best = s.iloc[0]
+    mine = s[s["variant"] == ref].iloc[0]
+    sig = significance(df[df["dataset"] == dataset], ref, metric, alpha)
+    n_units = int(mine["n"])
+    if best["variant"] == ref:
+        runner = s.iloc[1] if len(s) > 1 else None
+        if runner is None:
+            return f"{dataset}: {ref} is the only method."
+        row = sig[sig["variant"] == runner["variant"]].iloc[0]
+        worse_sig = int(((sig["ref_better"]) & (sig["significant"])).sum())
+        return (f"{dataset}: {ref} has the best mean AUC ({mine['mean']:.4f} over {n_units} "
+                f"runs), {mine['mean'] - runner['mean']:+.4f} over the runner-up "
+                f"{runner['variant']} ({runner['mean']:.4f}; {_ptext(row, alpha)}); it is "
+                f"significantly better than {worse_sig} of {len(sig)} other methods.")
+    row = sig[sig["variant"] == best["variant"]].iloc[0]
+    rank = int((s["variant"] == ref).to_numpy().nonzero()[0][0]) + 1
+    return (f"{dataset}: {ref} is not the best: it ranks {rank} of {len(s)} by mean AUC "
+            f"({mine['mean']:.4f} over {n_units} runs) behind {best['variant']} "
+            f"({best['mean']:.4f}); the gap of {best['mean'] - mine['mean']:.4f} is "
+            f"{_ptext(row, alpha)}.")
