@@ -127,7 +127,7 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _allreduce_grads(model: nn.Module, world: int) -> None:
+def _allreduce_grads(model: nn.Module) -> None:
     """Sum gradients over ranks (losses are pre-scaled by the local share of the batch)."""
     for p in model.parameters():
         if p.requires_grad:
@@ -216,7 +216,7 @@ def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, wor
                 n_all = n_local.clone()
                 dist.all_reduce(n_all)
                 (loss * n_local / n_all).backward()
-                _allreduce_grads(model, world)
+                _allreduce_grads(model)
             else:
                 loss.backward()
             if cfg.grad_clip:
