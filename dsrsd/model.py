@@ -96,8 +96,8 @@ class DSRSDNet(FusionModel):
     def streams(self, batch: Batch) -> dict[str, Tensor | list[Tensor]]:
         """Shared ``s``, private ``p`` and aligned ``z`` per modality, plus ``present``."""
         hs, present = self.encode(batch)
-        s = [self.shared(a(h)) for a, h in zip(self.adapters, hs)]
-        p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s)]
+        s = [self.shared(a(h)) for a, h in zip(self.adapters, hs, strict=False)]
+        p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
         z = [sm + self.align(sm) for sm in s]
         return {"h": hs, "s": s, "p": p, "z": z, "present": present}
 
@@ -113,7 +113,7 @@ class DSRSDNet(FusionModel):
         if self.fusion == "mean":
             alpha = pres / n_present
         else:
-            scores = torch.cat([sc(torch.cat([si, pi], 1)) for sc, si, pi in zip(self.score, s, p)], 1)
+            scores = torch.cat([sc(torch.cat([si, pi], 1)) for sc, si, pi in zip(self.score, s, p, strict=False)], 1)
             alpha = torch.softmax(scores.float().masked_fill(~present, float("-inf")), 1)
             alpha = alpha.to(z[0].dtype)
         s_bar = sum(alpha[:, i:i + 1] * z[i] for i in range(len(z)))
@@ -131,13 +131,17 @@ class DSRSDNet(FusionModel):
 
     def aux_losses(self, st: dict, batch: Batch) -> dict[str, Tensor]:
         """Alignment (contrastive, regression), decorrelation, orthogonality, reconstruction."""
-        present: Tensor = st["present"]
+        # Under torchrun every term below is a statistic of the *global* batch (InfoNCE
+        # negatives, covariances), so the rows of all ranks are gathered first.
+        gather = self.batch_gather or (lambda t: t)
+        present: Tensor = gather(st["present"])
         rows = self._aux_rows(present.shape[0], present.device)
 
         def pick(t: Tensor) -> Tensor:
+            t = gather(t)
             return t if rows is None else t[rows]
 
-        pres = pick(present)
+        pres = present if rows is None else present[rows]
         s, p, z = ([pick(t) for t in st[key]] for key in ("s", "p", "z"))
         zero = z[0].new_zeros(()).float()
         con, reg, dec, orth, n_pairs, n_mod = zero, zero, zero, zero, 0, 0
@@ -174,8 +178,8 @@ class DSRSDNet(FusionModel):
                 here = present[:, m]
                 if not bool(here.any()):
                     continue
-                target = self.input_summary(spec, batch)[here]
-                pred = self.decoders[spec.name](st["s"][m][here] + st["p"][m][here])
+                target = gather(self.input_summary(spec, batch))[here]
+                pred = self.decoders[spec.name](gather(st["s"][m] + st["p"][m])[here])
                 rec = rec + losses.reconstruction(target, pred)
                 n_rec += 1
             out["recon"] = rec / max(n_rec, 1)

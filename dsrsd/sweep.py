@@ -36,22 +36,53 @@ from pathlib import Path
 from dsrsd.errors import DsrsdError
 
 _OULAD = {"cutoff": 0.5, "label": "binary", "split": "temporal"}
-_COMMON = {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512}
+# Every neural method trains with modality dropout 0.15, papers.md's missing-modality protocol [R].
+_COMMON = {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512, "modality_dropout": 0.15}
+_ALL = ["dsrsd", "early", "late", "late_logit", "unimodal", "gbdt", "coattention", "coral",
+        "clear", "misa"]
+# The two attention-heavy peers cost 10-20x early fusion per epoch on CPU (results/cost*.csv):
+# they get 5 epochs (patience 2) so the 5-seed grid fits a CPU session; records say so.
+_HEAVY = {"coattention": {"method": "coattention", "config": {"epochs": 5, "patience": 2}},
+          "coral": {"method": "coral", "config": {"epochs": 5, "patience": 2}}}
+# Loss-term ablations of DSRSD-Net: one term off at a time, all off, and papers.md 1.4's weights.
+_ABLATIONS = {
+    **{f"dsrsd-no_{t}": {"method": "dsrsd", "weights": {t: 0.0}}
+       for t in ("align_con", "align_reg", "decor", "orth", "recon")},
+    "dsrsd-task_only": {"method": "dsrsd", "weights": {t: 0.0 for t in (
+        "align_con", "align_reg", "decor", "orth", "recon")}},
+    "dsrsd-paper_weights": {"method": "dsrsd", "weights": {
+        "align_con": 0.1, "align_reg": 0.1, "decor": 0.04, "orth": 0.1, "recon": 0.0}},
+}
 
 PRESETS: dict[str, dict] = {
-    "oulad": {"methods": ["dsrsd", "early", "late", "late_logit", "unimodal", "gbdt"],
-              "datasets": [{"name": "oulad", "data_params": dict(_OULAD), "seeds": [0, 1, 2]}],
-              "config": dict(_COMMON),
+    "oulad": {"methods": _ALL,
+              "datasets": [{"name": "oulad", "data_params": dict(_OULAD), "seeds": [0, 1, 2, 3, 4]}],
+              "config": dict(_COMMON), "variants": _HEAVY,
               "method_params": {"unimodal": {"modality": "behaviour"}}},
-    "assist": {"methods": ["dsrsd", "early", "late_logit", "gbdt"],
-               "datasets": [{"name": "assist2009", "folds": [1, 2, 3], "max_train": 600}],
-               "config": {**_COMMON, "epochs": 6, "patience": 2, "batch_size": 32}},
+    "oulad_xdomain": {
+        "methods": ["dsrsd", "early", "late_logit", "gbdt"],
+        "datasets": [{"name": "oulad", "setting": f"oulad-{d}", "seeds": [0, 1, 2],
+                      "data_params": {**_OULAD, "split": "cross_domain", "direction": d}}
+                     for d in ("stem2soc", "soc2stem")],
+        "config": dict(_COMMON)},
+    "oulad_ablation": {
+        "methods": ["dsrsd", *_ABLATIONS],
+        "datasets": [{"name": "oulad", "data_params": dict(_OULAD), "seeds": [0, 1, 2]}],
+        "config": dict(_COMMON), "variants": _ABLATIONS},
+    # ASSISTments: every method on the 5 AKT folds, training on a seeded subsample of 600
+    # student windows (of ~2,750) for 6 epochs, so the grid fits a 2-core CPU session.
+    "assist": {"methods": _ALL,
+               "datasets": [{"name": "assist2009", "folds": [1, 2, 3, 4, 5], "max_train": 600}],
+               "config": {**_COMMON, "epochs": 6, "patience": 2, "batch_size": 32},
+               "variants": {k: {**v, "config": {"epochs": 3, "patience": 2}}
+                            for k, v in _HEAVY.items()},
+               "method_params": {"unimodal": {"modality": "history"}}},
     "smoke": {"methods": ["dsrsd", "early"],
               "datasets": [{"name": "synthetic", "data_params": {"n": 300}, "seeds": [0]}],
               "config": {"epochs": 2, "d": 16, "batch_size": 64}},
 }
 
-SKIP_KEYS = ("name", "data_params", "seeds", "folds", "max_train")
+SKIP_KEYS = ("name", "setting", "data_params", "seeds", "folds", "max_train")
 
 
 def add_parser(sub) -> None:
@@ -66,6 +97,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--only-method", action="append", help="restrict to these methods")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--executor", choices=("papermill", "direct"), default="papermill",
+                   help="papermill: each run executes notebooks/run.ipynb, kept beside its "
+                        "record (default); direct: train in the worker process")
 
 
 def load_grid(grid: str | None = None, preset: str | None = None) -> dict:
@@ -100,29 +134,39 @@ def expand(grid: dict, epochs: int | None = None, quick: bool = False,
     if quick:
         base["epochs"] = 1
     base["device"] = device
+    variants = grid.get("variants", {})
     for ds in grid["datasets"]:
         ds = {"name": ds} if isinstance(ds, str) else ds
         name = ds["name"]
+        setting = ds.get("setting", name)
         seeds = ds.get("seeds", grid.get("seeds", [0]))
         folds = ds.get("folds", [None])
         for fold in folds:
             for seed in seeds:
-                for method in grid["methods"]:
+                for label in grid["methods"]:
+                    var = variants.get(label, {})
+                    method = var.get("method", label)
                     dp = dict(ds.get("data_params", {}))
                     if fold is not None:
                         dp["fold"] = fold
                     if ds.get("max_train"):
                         dp["max_train"] = int(ds["max_train"])
-                    cfgd = {**base, "method": method, "dataset": name, "seed": seed,
-                            "data_params": dp,
-                            "method_params": dict(grid.get("method_params", {}).get(method, {})),
-                            "weights": {**DEFAULT_WEIGHTS, **grid.get("weights", {})}}
-                    tag = f"{name}-{method}" + (f"-f{fold}" if fold is not None else "") + f"-s{seed}"
+                    mp = {**grid.get("method_params", {}).get(label, {}),
+                          **var.get("method_params", {})}
+                    cfgd = {**base, **var.get("config", {}), "method": method, "dataset": name,
+                            "seed": seed, "data_params": dp, "method_params": mp,
+                            "weights": {**DEFAULT_WEIGHTS, **grid.get("weights", {}),
+                                        **var.get("weights", {})}}
+                    if epochs is not None or quick:  # the command line wins over variants
+                        cfgd["epochs"] = base["epochs"]
+                    tag = (f"{setting}-{label}" + (f"-f{fold}" if fold is not None else "")
+                           + f"-s{seed}")
+                    run = {"config": cfgd, "variant": label, "setting": setting}
                     try:
                         h = TrainConfig.from_dict(cfgd).hash()
-                        runs.append({"run_id": f"{tag}-{h}", "config": cfgd, "hash": h})
+                        runs.append({**run, "run_id": f"{tag}-{h}", "hash": h})
                     except (DsrsdError, TypeError) as e:
-                        runs.append({"run_id": f"{tag}-invalid", "config": cfgd, "hash": None,
+                        runs.append({**run, "run_id": f"{tag}-invalid", "hash": None,
                                      "error": str(e).splitlines()[0]})
     return runs
 
@@ -150,8 +194,61 @@ def _subsample(splits, max_train: int, seed: int):
     return Splits(splits.train.subset(idx, splits.train.name), splits.val, splits.test, info)
 
 
-def run_one(run: dict, out: str) -> dict:
-    """Train one run into ``out/run_id``; return a short status dict (never raises)."""
+RUN_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "run.ipynb"
+
+
+def execute_run(run: dict, out: str | Path) -> dict:
+    """Train one run of a grid into ``out/<run_id>`` and return its record (raises on error).
+
+    This is what ``notebooks/run.ipynb`` calls, so the papermill path and the direct path
+    train identically. The record gets the grid's labels (``variant``, ``setting``).
+    """
+    import torch
+
+    from dsrsd.config import TrainConfig
+    from dsrsd.data import load_dataset
+    from dsrsd.records import atomic_write_json
+    from dsrsd.train import fit
+
+    if run.get("error"):
+        raise DsrsdError(run["error"])
+    torch.set_num_threads(int(os.environ.get("DSRSD_THREADS", "1")))
+    run_dir = Path(out) / run["run_id"]
+    cfg = TrainConfig.from_dict(run["config"])
+    dp = dict(cfg.data_params)
+    max_train = dp.pop("max_train", None)
+    splits = load_dataset(cfg.dataset, seed=cfg.seed, **dp)
+    if max_train:
+        splits = _subsample(splits, int(max_train), cfg.seed)
+    # resume=True continues a run killed mid-way from its last.pt (same config hash only)
+    rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False)
+    rec.pop("model")
+    rec.update({"variant": run.get("variant", cfg.method),
+                "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"]})
+    atomic_write_json(run_dir / "metrics.json", rec)
+    return rec
+
+
+def _execute_notebook(run: dict, out: str) -> dict:
+    import papermill as pm
+
+    run_dir = Path(out) / run["run_id"]
+    tmp = run_dir / "run.ipynb.part"
+    try:
+        pm.execute_notebook(str(RUN_NOTEBOOK), str(tmp), kernel_name="python3",
+                            parameters={"run_json": json.dumps(run), "out": str(Path(out).resolve()),
+                                        "fig_dpi": 40},
+                            progress_bar=False, cwd=str(RUN_NOTEBOOK.parent))
+    except pm.PapermillExecutionError as e:
+        os.replace(tmp, run_dir / "run.ipynb")  # the failed notebook shows where it stopped
+        raise DsrsdError(f"{e.ename}: {(e.evalue.splitlines() or [''])[0]}") from None
+    os.replace(tmp, run_dir / "run.ipynb")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def run_one(run: dict, out: str, executor: str = "papermill") -> dict:
+    """Run one grid entry (``papermill``: through notebooks/run.ipynb, which is kept with the
+    record; ``direct``: in this process). Returns a short status dict; never raises."""
     from dsrsd.records import atomic_write_json
 
     run_dir = Path(out) / run["run_id"]
@@ -160,32 +257,22 @@ def run_one(run: dict, out: str) -> dict:
     try:
         if run.get("error"):
             raise DsrsdError(run["error"])
-        import torch
-        torch.set_num_threads(1)
-        from dsrsd.config import TrainConfig
-        from dsrsd.data import load_dataset
-        from dsrsd.train import fit
-        cfg = TrainConfig.from_dict(run["config"])
-        dp = dict(cfg.data_params)
-        max_train = dp.pop("max_train", None)
-        splits = load_dataset(cfg.dataset, seed=cfg.seed, **dp)
-        if max_train:
-            splits = _subsample(splits, int(max_train), cfg.seed)
-        # resume=True continues a run killed mid-way from its last.pt (same config hash only)
-        rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False)
+        rec = _execute_notebook(run, out) if executor == "papermill" else execute_run(run, out)
         (run_dir / "error.json").unlink(missing_ok=True)
         return {"run_id": run["run_id"], "status": "ok", "auc": rec["test"].get("auc"),
                 "wall_time_s": rec["wall_time_s"]}
     except Exception as e:  # recorded, never dropped
         msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+        err = msg if msg.split(":")[0].endswith(("Error", "Exception")) else f"{type(e).__name__}: {msg}"
         atomic_write_json(run_dir / "error.json", {
-            "run_id": run["run_id"], "error": f"{type(e).__name__}: {msg}",
-            "config": run["config"], "wall_time_s": time.perf_counter() - t0,
+            "run_id": run["run_id"], "error": err, "config": run["config"],
+            "wall_time_s": time.perf_counter() - t0,
             "traceback_tail": traceback.format_exc().splitlines()[-3:]})
         return {"run_id": run["run_id"], "status": "error", "error": msg}
     finally:  # a run killed by a signal keeps last.pt, so the next sweep resumes it
         for pt in run_dir.glob("*.pt"):
             pt.unlink(missing_ok=True)
+        (run_dir / "run.ipynb.part").unlink(missing_ok=True)
 
 
 def _init_worker() -> None:
@@ -194,7 +281,8 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = True) -> dict:
+def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = True,
+          executor: str = "papermill") -> dict:
     """Run (or skip) every run; return counts and the wall time. Writes ``out/sweep_log.json``."""
     from tqdm.auto import tqdm
 
@@ -209,11 +297,11 @@ def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = Tru
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
     if jobs <= 1:
         for r in todo:
-            results.append(run_one(r, str(out)))
+            results.append(run_one(r, str(out), executor))
             bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as ex:
-            futs = [ex.submit(run_one, r, str(out)) for r in todo]
+            futs = [ex.submit(run_one, r, str(out), executor) for r in todo]
             for f in as_completed(futs):
                 results.append(f.result())
                 bar.update(1)
@@ -221,7 +309,7 @@ def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = Tru
     summary = {"n_runs": len(runs), "skipped": skipped,
                "ok": sum(r["status"] == "ok" for r in results),
                "errors": [r for r in results if r["status"] == "error"],
-               "wall_time_s": time.perf_counter() - t0, "jobs": jobs}
+               "wall_time_s": time.perf_counter() - t0, "jobs": jobs, "executor": executor}
     if todo:
         log = out / "sweep_log.json"
         prev = json.loads(log.read_text()) if log.exists() else []
@@ -239,7 +327,8 @@ def run(a: argparse.Namespace) -> int:
         for r in runs:
             print(r["run_id"])
         return 0
-    s = sweep(runs, a.out, jobs=a.jobs, progress=os.environ.get("TQDM_DISABLE") != "1")
+    s = sweep(runs, a.out, jobs=a.jobs, progress=os.environ.get("TQDM_DISABLE") != "1",
+              executor=a.executor)
     print(f"sweep: {s['n_runs']} runs, {s['skipped']} skipped (done), {s['ok']} ok, "
           f"{len(s['errors'])} failed, wall {s['wall_time_s']:.1f}s -> {a.out}")
     for e in s["errors"]:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dsrsd.errors import DsrsdError
 
-ID_COLS = ["run_id", "method", "variant", "dataset", "seed", "fold", "unit"]
+ID_COLS = ["run_id", "method", "variant", "dataset", "setting", "seed", "fold", "unit"]
 
 
 def _variant(method: str, params: dict) -> str:
@@ -35,8 +35,12 @@ def record_row(rec: dict, run_id: str = "") -> dict:
     mp = dict(cfg.get("method_params", {}))
     fold = dp.get("fold")
     seed = rec.get("seed", cfg.get("seed"))
-    row = {"run_id": run_id, "method": rec["method"], "variant": _variant(rec["method"], mp),
-           "dataset": rec["dataset"], "seed": seed, "fold": fold,
+    # Sweep records name their grid entry (``variant``, e.g. an ablation) and protocol
+    # (``setting``, e.g. a cross-domain direction); plain train records fall back to the config.
+    row = {"run_id": run_id, "method": rec["method"],
+           "variant": rec.get("variant") or _variant(rec["method"], mp),
+           "dataset": rec["dataset"], "setting": rec.get("setting") or rec["dataset"],
+           "seed": seed, "fold": fold,
            "unit": f"f{fold}-s{seed}" if fold is not None else f"s{seed}",
            "data_params": json.dumps({k: v for k, v in dp.items() if k != "fold"}, sort_keys=True),
            "method_params": json.dumps(mp, sort_keys=True),
@@ -82,14 +86,14 @@ def load_errors(runs_dir: str | Path = "results/runs") -> pd.DataFrame:
 def summary(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
     """Mean, std (ddof=1), n and ``mean ± std`` per dataset x variant, best first per dataset."""
     if df.empty:
-        return pd.DataFrame(columns=["dataset", "variant", "n", "mean", "std", "mean ± std"])
-    g = df.groupby(["dataset", "variant"])[metric]
+        return pd.DataFrame(columns=["setting", "variant", "n", "mean", "std", "mean ± std"])
+    g = df.groupby(["setting", "variant"])[metric]
     out = g.agg(n="count", mean="mean", std="std").reset_index()
     out["std"] = out["std"].fillna(0.0)
-    out["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(out["mean"], out["std"])]
-    wall = df.groupby(["dataset", "variant"])["wall_time_s"].mean().rename("wall_time_s_mean")
-    out = out.merge(wall.reset_index(), on=["dataset", "variant"])
-    return out.sort_values(["dataset", "mean"], ascending=[True, False]).reset_index(drop=True)
+    out["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(out["mean"], out["std"], strict=False)]
+    wall = df.groupby(["setting", "variant"])["wall_time_s"].mean().rename("wall_time_s_mean")
+    out = out.merge(wall.reset_index(), on=["setting", "variant"])
+    return out.sort_values(["setting", "mean"], ascending=[True, False]).reset_index(drop=True)
 
 
 def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
@@ -108,10 +112,10 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
 def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
                  alpha: float = 0.05) -> pd.DataFrame:
     """``ref`` vs every other variant per dataset, paired over the units (seeds/folds) both ran."""
-    cols = ["dataset", "ref", "variant", "n_pairs", "ref_mean", "other_mean", "mean_diff",
+    cols = ["setting", "ref", "variant", "n_pairs", "ref_mean", "other_mean", "mean_diff",
             "test", "p_value", "significant", "ref_better"]
     rows = []
-    for ds, sub in df.groupby("dataset"):
+    for ds, sub in df.groupby("setting"):
         piv = sub.pivot_table(index="unit", columns="variant", values=metric, aggfunc="mean")
         if ref not in piv:
             continue
@@ -121,7 +125,7 @@ def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
             pair = piv[[ref, v]].dropna()
             test, p = paired_test(pair[ref].to_numpy(), pair[v].to_numpy())
             diff = float((pair[ref] - pair[v]).mean()) if len(pair) else math.nan
-            rows.append({"dataset": ds, "ref": ref, "variant": v, "n_pairs": len(pair),
+            rows.append({"setting": ds, "ref": ref, "variant": v, "n_pairs": len(pair),
                          "ref_mean": float(pair[ref].mean()) if len(pair) else math.nan,
                          "other_mean": float(pair[v].mean()) if len(pair) else math.nan,
                          "mean_diff": diff, "test": test, "p_value": p,
@@ -162,9 +166,9 @@ def headline(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
     s = summary(df, metric)
     if s.empty:
         return pd.DataFrame()
-    s["cell"] = [f"{m:.4f} ± {sd:.4f} (n={n})" for m, sd, n in zip(s["mean"], s["std"], s["n"])]
-    t = s.pivot(index="variant", columns="dataset", values="cell")
-    order = s.pivot(index="variant", columns="dataset", values="mean")
+    s["cell"] = [f"{m:.4f} ± {sd:.4f} (n={n})" for m, sd, n in zip(s["mean"], s["std"], s["n"], strict=False)]
+    t = s.pivot(index="variant", columns="setting", values="cell")
+    order = s.pivot(index="variant", columns="setting", values="mean")
     t = t.loc[order.sort_values(list(order.columns), ascending=False).index]
     t.columns.name = None
     return t.fillna("—")
@@ -180,12 +184,12 @@ def _ptext(row, alpha: float) -> str:
 def verdict(df: pd.DataFrame, dataset: str, ref: str = "dsrsd", metric: str = "test_auc",
             alpha: float = 0.05) -> str:
     """One sentence, computed from the records: is ``ref`` best on ``dataset``, and significantly?"""
-    s = summary(df[df["dataset"] == dataset], metric)
+    s = summary(df[df["setting"] == dataset], metric)
     if s.empty or ref not in set(s["variant"]):
         return f"{dataset}: no {ref} records."
     best = s.iloc[0]
     mine = s[s["variant"] == ref].iloc[0]
-    sig = significance(df[df["dataset"] == dataset], ref, metric, alpha)
+    sig = significance(df[df["setting"] == dataset], ref, metric, alpha)
     n_units = int(mine["n"])
     if best["variant"] == ref:
         runner = s.iloc[1] if len(s) > 1 else None

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from dsrsd.base import drop_modalities
 from dsrsd.config import WARMUP_TERMS, TrainConfig
 from dsrsd.data import Splits, flat_targets, load_dataset
 from dsrsd.data.batch import MultimodalData
@@ -88,6 +90,37 @@ def evaluate(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
     return multiclass_metrics(y, p) if data.task.kind == "multiclass" else binary_metrics(y, p)
 
 
+ROBUSTNESS_RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def robustness(model: nn.Module, data: MultimodalData, device: torch.device | None = None,
+               amp: bool = True, rates: tuple[float, ...] = ROBUSTNESS_RATES,
+               seed: int = 0) -> dict:
+    """ROC-AUC with modalities hidden at test time (papers.md's missing-modality protocol [R]).
+
+    ``drop_rate[r]``: every present modality of every sample is hidden with probability ``r``
+    (seeded; each sample keeps at least one). ``drop_modality[name]``: that modality is hidden
+    everywhere; samples that had nothing else are left out (``n`` says how many remain).
+    """
+    out: dict = {"drop_rate": {}, "drop_modality": {}, "seed": seed}
+    if len(data.specs) < 2:
+        return out
+    for i, r in enumerate(rates):
+        g = torch.Generator().manual_seed(seed * 7919 + i)
+        hidden = replace(data, present=drop_modalities(data.present, r, generator=g))
+        out["drop_rate"][f"{r:g}"] = evaluate(model, hidden, device=device, amp=amp)["auc"]
+    for m, name in enumerate(data.names):
+        present = data.present.clone()
+        present[:, m] = False
+        keep = torch.nonzero(present.any(1)).squeeze(1)
+        if len(keep) == 0:
+            continue
+        hidden = replace(data, present=present).subset(keep)
+        met = evaluate(model, hidden, device=device, amp=amp)
+        out["drop_modality"][name] = {"auc": met["auc"], "n": len(keep)}
+    return out
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     # No weight decay on biases, norms and embeddings' padding-free vectors of rank 1.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -136,6 +169,32 @@ def _allreduce_grads(model: nn.Module) -> None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t``'s rows from every rank, keeping the gradient to each rank's own rows.
+
+    Ranks may hold different row counts (the last batch), so rows are padded to the largest
+    count for the collective and trimmed after. The backward of the differentiable all-gather
+    sums, over ranks, the gradient each rank's copy of the loss sends to these rows.
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(x) for x in sizes]
+    pad = max(sizes) - t.shape[0]
+    if pad:
+        t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
+    if t.requires_grad:
+        parts = all_gather(t)
+    else:  # masks: no gradient; gloo has no bool collectives
+        x = t.to(torch.uint8) if t.dtype == torch.bool else t
+        parts = [torch.empty_like(x) for _ in sizes]
+        dist.all_gather(parts, x)
+        parts = [p.to(t.dtype) for p in parts]
+    return torch.cat([x[:k] for x, k in zip(parts, sizes, strict=False)])
+
+
 def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None = None,
         resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset`` and return its record (also written to ``out``).
@@ -160,6 +219,8 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
         if len(part) == 0:
             raise DsrsdError(f"split {part.name!r} is empty")
     model = build_model(cfg, train.specs, train.task, train).to(device)
+    if world > 1 and hasattr(model, "batch_gather"):
+        model.batch_gather = gather_rows
     record = {"method": cfg.method, "dataset": cfg.dataset, "config": cfg.to_dict(),
               "config_hash": cfg.hash(), "seed": cfg.seed, "data_info": splits.info,
               "n_params": count_parameters(model), "world_size": world}
@@ -173,6 +234,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     record.update({
         "val": evaluate(model, val, device=device, amp=cfg.amp),
         "test": evaluate(model, test, device=device, amp=cfg.amp),
+        "robustness": robustness(model, test, device=device, amp=cfg.amp, seed=cfg.seed),
         "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
         "wall_time_s": time.perf_counter() - t0, **provenance(device)})
     if out is not None and rank == 0:
@@ -212,11 +274,21 @@ def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, wor
             loss, logged = total_objective(terms, cfg.weights, epoch, warm)
             opt.zero_grad(set_to_none=True)
             if world > 1:
+                # Gradients are summed over ranks: the task loss (a mean over samples) is
+                # weighted by this rank's share of the global batch; the other terms are already
+                # global-batch statistics (gathered rows), identical on every rank, so each
+                # rank carries 1/world of them.
                 n_local = torch.tensor(float(len(batch)), device=device)
                 n_all = n_local.clone()
                 dist.all_reduce(n_all)
-                (loss * n_local / n_all).backward()
+                task = terms["task"]
+                ((loss - task) / world + task * n_local / n_all).backward()
                 _allreduce_grads(model)
+                # Log the global-batch task loss, as one process would.
+                task_all = task.detach() * n_local / n_all
+                dist.all_reduce(task_all)
+                logged["total"] = logged["total"] - logged["task"] + task_all
+                logged["task"] = task_all
             else:
                 loss.backward()
             if cfg.grad_clip:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dsrsd.config import TrainConfig
-from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, TaskSpec
+from dsrsd.data.batch import Batch, ModalitySpec, TaskSpec
 from dsrsd.data.synthetic import load_synthetic
 from dsrsd.errors import DsrsdError
 from dsrsd.model import DSRSDNet
@@ -97,7 +97,7 @@ def test_seeded_cpu_runs_are_bit_identical():
     cfg = TrainConfig(epochs=2, d=16, seed=3)
     a, b = fit(cfg, splits=sp, progress=False), fit(cfg, splits=sp, progress=False)
     assert a["history"] == b["history"]
-    for pa, pb in zip(a["model"].parameters(), b["model"].parameters()):
+    for pa, pb in zip(a["model"].parameters(), b["model"].parameters(), strict=False):
         assert torch.equal(pa, pb)
 
 
@@ -174,10 +174,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert a["test"] == b["test"] and a["history"] == b["history"]
 
 
-@pytest.mark.xfail(reason="known bug: 2-process training drifts from 1-process (val AUC differs "
-                   "beyond 1e-4); see the issue note", strict=False)
-def test_torchrun_two_processes_match_single_process(tmp_path):
-    common = ["train", "--method", "early", "--epochs", "3", "--hidden", "16", "--data", "n=400",
+@pytest.mark.parametrize("method", ["early", "dsrsd"])
+def test_torchrun_two_processes_match_single_process(tmp_path, method):
+    # Dropout off: its masks depend on how many rows a process draws, which DDP changes.
+    common = ["train", "--method", method, "--epochs", "3", "--hidden", "16", "--data", "n=400",
               "--dropout", "0", "--batch-size", "64", "--no-progress", "--device", "cpu"]
     single = run_cli(*common, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
@@ -188,11 +188,16 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert multi.returncode == 0, multi.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
     b = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert b["world_size"] == 2
-    # Logged losses are rank 0's half of each batch; the validation AUC is of the whole model.
-    for ha, hb in zip(a["history"], b["history"]):
-        assert ha["val_auc"] == pytest.approx(hb["val_auc"], abs=1e-4)
-    assert a["test"]["auc"] == pytest.approx(b["test"]["auc"], abs=1e-4)
+    assert a["world_size"] == 1 and b["world_size"] == 2
+    # Every logged term is a global-batch value (DSRSD-Net's batch-level losses gather rows from
+    # both ranks), so the histories agree up to float summation order.
+    assert len(a["history"]) == len(b["history"]) == 3
+    for ha, hb in zip(a["history"], b["history"], strict=False):
+        assert set(ha) == set(hb)
+        for k in ha:
+            assert ha[k] == pytest.approx(hb[k], rel=1e-4, abs=1e-5), (k, ha[k], hb[k])
+    for k in ("auc", "brier", "acc"):
+        assert a["test"][k] == pytest.approx(b["test"][k], abs=1e-5)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -18,8 +18,9 @@ sample, whatever its tensor holds. Targets: ``binary`` float ``[B]``; ``multicla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -149,6 +149,6 @@ def load_synthetic(scenario: str = "default", seed: int = 0, **overrides) -> Spl
     parts = order[:n_tr], order[n_tr:n_tr + n_va], order[n_tr + n_va:]
     if any(len(p) == 0 for p in parts):
         raise DsrsdError(f"synthetic: an empty split with n={cfg.n} and split={cfg.split}")
-    tr, va, te = (data.subset(p, f"synthetic/{s}") for p, s in zip(parts, ("train", "val", "test")))
+    tr, va, te = (data.subset(p, f"synthetic/{s}") for p, s in zip(parts, ("train", "val", "test"), strict=False))
     return Splits(tr, va, te, {"dataset": "synthetic", "scenario": scenario, **asdict(cfg),
                                "sizes": [len(tr), len(va), len(te)]})
