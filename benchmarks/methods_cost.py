@@ -2,12 +2,15 @@
 
 Usage::
 
-    python benchmarks/methods_cost.py                      # both sizes, every method, --device auto
-    python benchmarks/methods_cost.py --sizes 256x64 --steps 10 --methods early,coral
+    python benchmarks/methods_cost.py                  # every method x dataset, --device auto
+    python benchmarks/methods_cost.py --datasets synthetic --sizes 256x64 --methods early,coral
 
-Every (method, size) is measured in a *fresh subprocess*, so one method's allocator caches can
-not hide another's memory. In the child, on the synthetic data (3 modalities: 2 tabular, 1
-sequence of 8 steps), with one fixed batch of the requested size:
+Every (method, dataset, size) is measured in a *fresh subprocess*, so one method's allocator
+caches can not hide another's memory. Datasets: ``synthetic`` (3 modalities: 2 tabular, 1
+sequence of 8 steps) at two sizes, and, when their caches are prepared (``data_scripts/``),
+``oulad`` (cutoff 0.5, temporal) and ``assist2009`` (fold 1, windows of 200 steps, per-step
+targets) at the batch size and width the sweep uses (512x64 and 32x64). In the child, with one
+fixed batch (the first training rows) of the requested size:
 
 * **step time**: one training step exactly as ``dsrsd.train`` does it (forward under the trainer's
   autocast, task loss + weighted aux terms, backward, gradient clipping, AdamW step); median and
@@ -30,7 +33,8 @@ sequence of 8 steps), with one fixed batch of the requested size:
 machine CPU timings are noisy: the median is robust to short spikes, ``step_ms_min`` is a lower
 bound, and sustained load from other processes inflates every column.
 
-Writes ``results/cost_methods.csv`` and prints the table.
+``samples_per_s`` is batch rows per second of training (ASSISTments: student windows of up to
+200 scored steps each). Writes ``results/cost.csv`` and prints the table.
 """
 
 from __future__ import annotations
@@ -66,8 +70,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "clear_dynamic_dsrsd": ("clear", {"mode": "dynamic", "base": "dsrsd", "k": 4}),
 }
 
-FIELDS = ["method", "registry_method", "method_params", "device", "batch", "d", "n_params",
-          "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_min", "peak_mem_mb", "mem_measure",
+# dataset -> (default sizes BATCHxD, loader parameters)
+DATASETS = {"synthetic": ("256x64,1024x128", {}),
+            "oulad": ("512x64", {"cutoff": 0.5, "label": "binary", "split": "temporal"}),
+            "assist2009": ("32x64", {"fold": 1})}
+
+FIELDS = ["dataset", "method", "registry_method", "method_params", "device", "batch", "d",
+          "n_params", "samples_per_s", "ratio_to_early", "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_min", "peak_mem_mb", "mem_measure",
           "epoch_hook_ms", "n_train", "torch_threads"]
 
 
@@ -110,9 +119,15 @@ def child(args) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     set_seed(0)
-    n = math.ceil(args.batch / 0.7) + 64  # the 70% training part holds one full batch
-    splits = load_synthetic(n=n)
+    if args.dataset == "synthetic":
+        n = math.ceil(args.batch / 0.7) + 64  # the 70% training part holds one full batch
+        splits = load_synthetic(n=n)
+    else:
+        from dsrsd.data import load_dataset
+        splits = load_dataset(args.dataset, seed=0, **DATASETS[args.dataset][1])
     train = splits.train
+    if len(train) < args.batch:
+        raise SystemExit(f"{args.dataset}: {len(train)} training rows < batch {args.batch}")
     cfg = TrainConfig(method=method, method_params=dict(params), d=args.d,
                       batch_size=args.batch, device=args.device)
     model = build_model(cfg, train.specs, train.task, train).to(device)
@@ -173,9 +188,10 @@ def child(args) -> dict:
         sync()
         hook_ms = 1000 * (time.perf_counter() - t)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"method": args.variant, "registry_method": method,
+    return {"dataset": args.dataset, "method": args.variant, "registry_method": method,
             "method_params": json.dumps(params, sort_keys=True), "device": device.type,
             "batch": args.batch, "d": args.d, "n_params": count_parameters(net),
+            "samples_per_s": round(1000 * args.batch / statistics.median(times), 1),
             "step_ms_median": round(statistics.median(times), 2), "step_ms_p25": round(q[0], 2),
             "step_ms_p75": round(q[2], 2), "step_ms_min": round(min(times), 2), "peak_mem_mb": round(peak_mb, 1),
             "mem_measure": measure, "epoch_hook_ms": round(hook_ms, 1), "n_train": len(train),
@@ -185,13 +201,17 @@ def child(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--sizes", default="256x64,1024x128", help="comma list of BATCHxD")
+    ap.add_argument("--datasets", default="synthetic,oulad,assist2009",
+                    help="comma list; real ones are skipped (with a note) when not prepared")
+    ap.add_argument("--sizes", default=None,
+                    help="comma list of BATCHxD for every dataset (default: per dataset)")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="comma list of variants")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads per child (0: torch's default)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "cost_methods.csv"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "cost.csv"))
+    ap.add_argument("--dataset", default="synthetic", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -204,47 +224,64 @@ def main(argv=None) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variant(s) {bad} (known: {', '.join(VARIANTS)})")
-    sizes = []
-    for s in args.sizes.split(","):
-        b, d = s.lower().split("x")
-        sizes.append((int(b), int(d)))
+    datasets = [x.strip() for x in args.datasets.split(",") if x.strip()]
+    for ds in datasets:
+        if ds not in DATASETS:
+            ap.error(f"unknown dataset {ds!r} (known: {', '.join(DATASETS)})")
     rows = []
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for b, d in sizes:
+    grid = []
+    for ds in datasets:
+        for s in (args.sizes or DATASETS[ds][0]).split(","):
+            b, d = s.lower().split("x")
+            grid.append((ds, int(b), int(d)))
+    skipped = set()
+    for ds, b, d in grid:
         for v in variants:
+            if ds in skipped:
+                continue
             cmd = [sys.executable, __file__, "--child", "--variant", v, "--batch", str(b),
                    "--d", str(d), "--device", args.device, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--threads", str(args.threads)]
+                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--dataset", ds]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
-                print(f"{v} b={b} d={d}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+                err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                if "DsrsdError" in proc.stderr and ds != "synthetic":  # data not prepared
+                    print(f"{ds}: skipped ({err})", file=sys.stderr)
+                    skipped.add(ds)
+                else:
+                    print(f"{v} {ds} b={b} d={d}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             row = json.loads(lines[-1][len("RESULT "):])
             rows.append(row)
-            print(f"  {v:<20} b={b:<5} d={d:<4} {row['step_ms_median']:>9.1f} ms/step "
+            print(f"  {ds:<11} {v:<20} b={b:<5} d={d:<4} {row['step_ms_median']:>9.1f} ms/step "
                   f"{row['peak_mem_mb']:>8.1f} MB", flush=True)
+    for r in rows:  # time per step relative to early fusion at the same dataset and size
+        base = [e for e in rows if e["method"] == "early" and
+                (e["dataset"], e["batch"], e["d"]) == (r["dataset"], r["batch"], r["d"])]
+        r["ratio_to_early"] = (round(r["step_ms_median"] / base[0]["step_ms_median"], 2)
+                               if base else float("nan"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
-    # One table: methods as rows, each size's time and memory side by side.
-    head = f"{'method':<20} {'params@' + str(sizes[0][1]):>11}"
-    for b, d in sizes:
-        head += f" | {'ms/step':>9} {'MB':>8} (b={b},d={d})"
+    # One table: methods as rows, each dataset/size's time and ratio to early fusion side by side.
+    cols = sorted({(r["dataset"], r["batch"], r["d"]) for r in rows}, key=grid.index)
+    head = f"{'method':<20}" + "".join(f" | {ds[:8]} b{b} d{d}: ms, x early" for ds, b, d in cols)
     print("\n" + head)
     print("-" * len(head))
     for v in variants:
-        by = {(r["batch"], r["d"]): r for r in rows if r["method"] == v}
-        first = by.get(sizes[0])
-        line = f"{v:<20} {first['n_params'] if first else '-':>11}"
-        for b, d in sizes:
-            r = by.get((b, d))
-            line += (f" | {r['step_ms_median']:>9.1f} {r['peak_mem_mb']:>8.1f}"
-                     if r else f" | {'-':>9} {'-':>8}") + " " * len(f" (b={b},d={d})")
-        print(line.rstrip())
+        line = f"{v:<20}"
+        for c in cols:
+            r = next((r for r in rows if r["method"] == v and
+                      (r["dataset"], r["batch"], r["d"]) == c), None)
+            width = len(f" | {c[0][:8]} b{c[1]} d{c[2]}: ms, x early")
+            cell = f"{r['step_ms_median']:.1f}, {r['ratio_to_early']:.2f}x" if r else "-"
+            line += f" | {cell:>{width - 3}}"
+        print(line)
     dev = rows[0]["device"] if rows else args.device
     measure = rows[0]["mem_measure"] if rows else "-"
     print(f"\ndevice={dev}; memory = {measure}; CSV: {out}")

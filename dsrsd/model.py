@@ -24,6 +24,7 @@ Everything concrete below is our reconstruction [R] (papers.md section 1.3):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
 
 import torch
@@ -36,6 +37,15 @@ from dsrsd.encoders import mlp
 from dsrsd.errors import DsrsdError
 
 FUSIONS = ("gate", "mean", "concat")
+
+
+def _rows(mask: Tensor) -> tuple[int, Callable[[Tensor], Tensor]]:
+    """How many rows ``mask`` keeps, and a selector; all rows kept (the common case) skips the
+    copy that boolean indexing makes, and its backward scatter."""
+    n = int(mask.sum())
+    if n == mask.shape[0]:
+        return n, lambda t: t
+    return n, lambda t: t[mask]
 
 
 class DSRSDNet(FusionModel):
@@ -146,26 +156,28 @@ class DSRSDNet(FusionModel):
         zero = z[0].new_zeros(()).float()
         con, reg, dec, orth, n_pairs, n_mod = zero, zero, zero, zero, 0, 0
         reg_fn = losses.regression_mse if self.regression == "mse" else losses.regression_cosine
+        ortho = (losses.orthogonality if self.orthogonality_form == "frobenius"
+                 else losses.orthogonality_cos2)
         for a, b in combinations(range(len(z)), 2):
-            both = pres[:, a] & pres[:, b]
-            if int(both.sum()) < 2:
+            n, sel = _rows(pres[:, a] & pres[:, b])
+            if n < 2:
                 continue
-            con = con + losses.info_nce(z[a][both], z[b][both], self.temperature)
-            reg = reg + reg_fn(z[a][both], z[b][both])
+            za, zb = sel(z[a]), sel(z[b])
+            con = con + losses.info_nce(za, zb, self.temperature)
+            reg = reg + reg_fn(za, zb)
             if self.decorrelation_form == "barlow":
-                dec = dec + losses.barlow_twins(z[a][both], z[b][both])
+                dec = dec + losses.barlow_twins(za, zb)
             n_pairs += 1
         for m in range(len(z)):
-            here = pres[:, m]
-            if int(here.sum()) < 2:
+            n, sel = _rows(pres[:, m])
+            if n < 2:
                 continue
+            zm, sm, pm = sel(z[m]), sel(s[m]), sel(p[m])
             if self.decorrelation_form == "vicreg":
-                dec = dec + losses.decorrelation(z[m][here])
+                dec = dec + losses.decorrelation(zm)
             # Private is kept orthogonal to the shared stream before and after the alignment head:
             # either alone left shared factors readable from p (chapter 2 probes).
-            ortho = (losses.orthogonality if self.orthogonality_form == "frobenius"
-                     else losses.orthogonality_cos2)
-            orth = orth + 0.5 * (ortho(z[m][here], p[m][here]) + ortho(s[m][here], p[m][here]))
+            orth = orth + 0.5 * (ortho(zm, pm) + ortho(sm, pm))
             n_mod += 1
         dec_n = n_pairs if self.decorrelation_form == "barlow" else n_mod
         out = {"align_con": con / max(n_pairs, 1), "align_reg": reg / max(n_pairs, 1),
@@ -175,11 +187,11 @@ class DSRSDNet(FusionModel):
             for m, spec in enumerate(self.specs):
                 if spec.name not in self.recon_dims:
                     continue
-                here = present[:, m]
-                if not bool(here.any()):
+                n, sel = _rows(present[:, m])
+                if n == 0:
                     continue
-                target = gather(self.input_summary(spec, batch))[here]
-                pred = self.decoders[spec.name](gather(st["s"][m] + st["p"][m])[here])
+                target = sel(gather(self.input_summary(spec, batch)))
+                pred = self.decoders[spec.name](sel(gather(st["s"][m] + st["p"][m])))
                 rec = rec + losses.reconstruction(target, pred)
                 n_rec += 1
             out["recon"] = rec / max(n_rec, 1)

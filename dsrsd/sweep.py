@@ -233,7 +233,7 @@ def _execute_notebook(run: dict, out: str) -> dict:
     import papermill as pm
 
     run_dir = Path(out) / run["run_id"]
-    tmp = run_dir / "run.ipynb.part"
+    tmp = run_dir / "run.part.ipynb"
     try:
         pm.execute_notebook(str(RUN_NOTEBOOK), str(tmp), kernel_name="python3",
                             parameters={"run_json": json.dumps(run), "out": str(Path(out).resolve()),
@@ -272,7 +272,7 @@ def run_one(run: dict, out: str, executor: str = "papermill") -> dict:
     finally:  # a run killed by a signal keeps last.pt, so the next sweep resumes it
         for pt in run_dir.glob("*.pt"):
             pt.unlink(missing_ok=True)
-        (run_dir / "run.ipynb.part").unlink(missing_ok=True)
+        (run_dir / "run.part.ipynb").unlink(missing_ok=True)
 
 
 def _init_worker() -> None:

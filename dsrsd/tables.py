@@ -4,7 +4,8 @@
 
 writes ``records.csv`` (one row per run), ``summary.csv`` (mean +- std per method x dataset),
 ``significance.csv`` (DSRSD-Net vs each method, paired over matched seeds/folds) and
-``errors.csv`` (failed runs, from ``error.json``).
+``robustness.csv`` (test AUC with modalities hidden at test time) and ``errors.csv`` (failed
+runs, from ``error.json``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def record_row(rec: dict, run_id: str = "") -> dict:
         for k, v in (rec.get(split) or {}).items():
             if isinstance(v, (int, float)):
                 row[f"{split}_{k}"] = v
+    rob = rec.get("robustness") or {}
+    for r, auc in rob.get("drop_rate", {}).items():
+        row[f"rob_rate_{r}"] = auc
+    for name, v in rob.get("drop_modality", {}).items():
+        row[f"rob_without_{name}"] = v["auc"]
     return row
 
 
@@ -134,13 +140,39 @@ def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
     return pd.DataFrame(rows, columns=cols)
 
 
+def robustness(df: pd.DataFrame) -> pd.DataFrame:
+    """Test AUC under missing modalities, mean ± std per setting x variant x condition.
+
+    Conditions: ``rate r`` (each present modality hidden with probability r at test time; r = 0
+    is the clean test AUC) and ``without <modality>`` (that modality hidden everywhere).
+    """
+    cols = ["setting", "variant", "condition", "kind", "rate", "n", "mean", "std"]
+    rob_cols = [c for c in df.columns if c.startswith("rob_")]
+    if df.empty or not rob_cols:
+        return pd.DataFrame(columns=cols)
+    long = df[["setting", "variant", "unit", "test_auc", *rob_cols]].rename(
+        columns={"test_auc": "rob_rate_0"}).melt(
+        id_vars=["setting", "variant", "unit"], var_name="col", value_name="auc").dropna()
+    rate = long["col"].str.extract(r"^rob_rate_(.+)$")[0]
+    long["kind"] = np.where(rate.notna(), "rate", "without")
+    long["rate"] = pd.to_numeric(rate)
+    long["condition"] = np.where(rate.notna(), "rate " + rate.fillna(""),
+                                 "without " + long["col"].str.replace("rob_without_", ""))
+    out = (long.groupby(["setting", "variant", "condition", "kind"], dropna=False)
+           .agg(rate=("rate", "first"), n=("auc", "count"), mean=("auc", "mean"),
+                std=("auc", "std")).reset_index())
+    out["std"] = out["std"].fillna(0.0)
+    return out[cols].sort_values(["setting", "variant", "kind", "rate", "condition"]).reset_index(
+        drop=True)
+
+
 def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "results") -> dict:
     """Write records / summary / significance / errors CSVs; return the frames."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = load_records(runs_dir)
     frames = {"records": df, "summary": summary(df), "significance": significance(df),
-              "errors": load_errors(runs_dir)}
+              "robustness": robustness(df), "errors": load_errors(runs_dir)}
     for name, f in frames.items():
         f.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
     return frames

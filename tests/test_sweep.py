@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +20,14 @@ REQUIRED = {"method", "dataset", "config", "config_hash", "seed", "test", "val",
 GRID = {"methods": ["dsrsd", "early", "no_such_method"],
         "datasets": [{"name": "synthetic", "data_params": {"n": 240}, "seeds": [0]}],
         "config": {"epochs": 2, "d": 8, "batch_size": 64, "device": "cpu"}}
+REQUIRED |= {"variant", "setting", "run_id", "robustness"}
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     runs = sw.expand(GRID)
-    first = sw.sweep(runs, out, jobs=1, progress=False)
+    first = sw.sweep(runs, out, jobs=1, progress=False)  # through papermill, the default
     return out, runs, first
 
 
@@ -35,6 +39,12 @@ def test_records_have_provenance(swept):
         assert REQUIRED <= set(rec), REQUIRED - set(rec)
         assert rec["config_hash"] == r["hash"] and r["run_id"].endswith(r["hash"])
         assert not list((out / r["run_id"]).glob("*.pt")), "checkpoints must be deleted"
+        # the executed notebook is kept beside the record and shows this run's numbers
+        nb = json.loads((out / r["run_id"] / "run.ipynb").read_text())
+        text = json.dumps(nb["cells"])
+        assert r["run_id"] in text and f"{rec['test']['auc']:.4f}" in text
+        assert rec["variant"] == r["config"]["method"] and rec["setting"] == "synthetic"
+        assert set(rec["robustness"]["drop_rate"]) == {"0.1", "0.2", "0.3", "0.4", "0.5"}
 
 
 def test_failure_is_recorded_not_dropped(swept):
@@ -42,6 +52,9 @@ def test_failure_is_recorded_not_dropped(swept):
     bad = [r for r in runs if r["config"]["method"] == "no_such_method"][0]
     err = json.loads((out / bad["run_id"] / "error.json").read_text())
     assert "no_such_method" in err["error"] and "\n" not in err["error"]
+    assert err["error"].startswith("DsrsdError: unknown method"), err["error"]
+    # the failed notebook is kept too: it shows the cell that raised
+    assert "no_such_method" in (out / bad["run_id"] / "run.ipynb").read_text()
     assert [e["run_id"] for e in first["errors"]] == [bad["run_id"]]
 
 
@@ -67,6 +80,39 @@ def test_tables_from_records(swept, tmp_path):
         assert (tmp_path / f"{name}.csv").exists()
 
 
+def test_variants_settings_and_overrides():
+    grid = {"methods": ["early", "dsrsd-no_orth", "heavy"],
+            "variants": {"dsrsd-no_orth": {"method": "dsrsd", "weights": {"orth": 0.0}},
+                         "heavy": {"method": "coattention", "config": {"epochs": 1}}},
+            "datasets": [{"name": "synthetic", "setting": "syn-small", "seeds": [0, 1],
+                          "data_params": {"n": 200}}],
+            "config": {"epochs": 3}}
+    runs = sw.expand(grid)
+    assert len(runs) == 6
+    by = {(r["variant"], r["config"]["seed"]): r for r in runs}
+    assert by[("dsrsd-no_orth", 0)]["config"]["method"] == "dsrsd"
+    assert by[("dsrsd-no_orth", 0)]["config"]["weights"]["orth"] == 0.0
+    assert by[("early", 0)]["config"]["weights"]["orth"] > 0
+    assert by[("heavy", 1)]["config"]["epochs"] == 1 and by[("early", 1)]["config"]["epochs"] == 3
+    assert all(r["setting"] == "syn-small" and r["run_id"].startswith("syn-small-") for r in runs)
+    assert len({r["run_id"] for r in runs}) == 6
+    # --epochs / --quick on the command line win over a variant's own epochs
+    assert {r["config"]["epochs"] for r in sw.expand(grid, quick=True)} == {1}
+
+
+def test_presets_expand_to_valid_configs():
+    sizes = {}
+    for name in sw.PRESETS:
+        runs = sw.expand(sw.load_grid(preset=name))
+        assert runs and not [r for r in runs if r.get("error")], name
+        sizes[name] = len(runs)
+    assert sizes["oulad"] == 50 and sizes["assist"] == 50  # 10 methods x 5 seeds / folds
+    ab = sw.expand(sw.load_grid(preset="oulad_ablation"))
+    main = {r["run_id"] for r in sw.expand(sw.load_grid(preset="oulad"))}
+    # the ablation's full model is the main grid's run (same config, same id): trained once
+    assert {r["run_id"] for r in ab if r["variant"] == "dsrsd"} <= main
+
+
 def test_paired_test_choice():
     import numpy as np
     a, b = np.array([0.8, 0.82, 0.81]), np.array([0.78, 0.8, 0.8])
@@ -86,32 +132,54 @@ def _committed_records() -> list[Path]:
     return sorted((REPO / "results" / "runs").glob("*/metrics.json"))
 
 
-@pytest.mark.skipif(not _committed_records(), reason="no committed records in results/runs")
-def test_rerun_committed_record_quick(tmp_path):
-    """Re-run one committed record's config for 1 epoch and check the new record's format."""
-    from dsrsd.config import TrainConfig
+def _prepare_real(dataset: str, into: Path) -> bool:
+    """Prepare ``dataset`` from ../shared/data (or $DSRSD_SHARED_DATA) into ``into``."""
+    shared = Path(os.environ.get("DSRSD_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    script, src = {"oulad": ("get_oulad.py", shared / "oulad_csv" / "anonymisedData.zip"),
+                   "assist2009": ("get_assistments.py", shared / "assist2009_akt")}[dataset]
+    if not src.exists():
+        return False
+    r = subprocess.run([sys.executable, str(REPO / "data_scripts" / script), "--source", str(src),
+                        "--data-dir", str(into)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return True
 
+
+@pytest.mark.skipif(not _committed_records(), reason="no committed records in results/runs")
+def test_rerun_committed_record_quick(tmp_path, monkeypatch):
+    """Re-run one committed OULAD record's grid entry for 1 epoch, through the sweep (papermill),
+    and check the new record has the committed one's format and the same protocol."""
     recs = [json.loads(p.read_text()) for p in _committed_records()]
-    # the cheapest neural run keeps this test short
-    neural = [r for r in recs if r.get("epochs_run", 0) > 0] or recs
-    rec = min(neural, key=lambda r: r.get("wall_time_s", 0))
-    cfg = dict(rec["config"])
-    if cfg["dataset"] == "oulad":
-        from dsrsd.data.oulad import oulad_cache_ok
-        if not oulad_cache_ok():
-            pytest.skip("OULAD cache not prepared")
-    elif cfg["dataset"] == "assist2009":
-        from dsrsd.data.assist import assist_cache_ok
-        if not assist_cache_ok():
-            pytest.skip("ASSISTments cache not prepared")
-    cfg.update(epochs=1, device="cpu")
-    if cfg["dataset"] in ("oulad", "assist2009"):
-        cfg["data_params"] = {**cfg["data_params"], "max_train": 300}
-    h = TrainConfig.from_dict(cfg).hash()
-    run = {"run_id": f"quick-{h}", "config": cfg, "hash": h}
-    status = sw.run_one(run, str(tmp_path))
+    oulad = [r for r in recs if r["dataset"] == "oulad" and r.get("epochs_run", 0) > 0]
+    assert oulad, "the committed records hold no neural OULAD run"
+    rec = min(oulad, key=lambda r: r["wall_time_s"])  # the cheapest keeps this test short
+    if not _prepare_real("oulad", tmp_path / "data"):
+        pytest.skip("real OULAD not available (set DSRSD_SHARED_DATA)")
+    monkeypatch.setenv("DSRSD_DATA", str(tmp_path / "data"))  # the kernel inherits it
+    cfg = {**rec["config"], "epochs": 1, "device": "cpu",
+           "data_params": {**rec["config"]["data_params"], "max_train": 300}}
+    run = {"run_id": "quick", "config": cfg, "hash": None, "variant": rec["variant"],
+           "setting": rec["setting"]}
+    status = sw.run_one(run, str(tmp_path / "runs"))
     assert status["status"] == "ok", status
-    new = json.loads((tmp_path / run["run_id"] / "metrics.json").read_text())
-    assert REQUIRED <= set(new)
-    assert set(new["test"]) == set(rec["test"])
-    assert new["method"] == rec["method"] and new["dataset"] == rec["dataset"]
+    new = json.loads((tmp_path / "runs" / "quick" / "metrics.json").read_text())
+    assert set(rec) <= set(new), set(rec) - set(new)
+    assert set(new["test"]) == set(rec["test"]) and set(new["val"]) == set(rec["val"])
+    assert new["robustness"]["drop_rate"].keys() == rec["robustness"]["drop_rate"].keys()
+    assert (new["variant"], new["setting"]) == (rec["variant"], rec["setting"])
+    # same protocol: identical validation and test units, only the training part subsampled
+    assert new["data_info"]["counts"]["test"] == rec["data_info"]["counts"]["test"]
+    assert new["data_info"]["subsample_train"][0] == 300
+    assert new["test"]["n"] == rec["test"]["n"]
+
+
+def test_committed_tables_are_generated_from_committed_records(tmp_path):
+    """Every CSV under results/ that the book shows is exactly what dsrsd.tables makes from the
+    committed records: no number in them was typed or edited by hand."""
+    if not _committed_records():
+        pytest.skip("no committed records")
+    tables.write_tables(REPO / "results" / "runs", tmp_path)
+    for name in ("records", "summary", "significance", "robustness", "errors"):
+        fresh = (tmp_path / f"{name}.csv").read_text()
+        committed = (REPO / "results" / f"{name}.csv").read_text()
+        assert fresh == committed, f"results/{name}.csv differs from its records: regenerate it"
