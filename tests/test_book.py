@@ -229,3 +229,24 @@ def test_chapter_notebooks_are_committed_with_outputs():
         if code and not any("parameters" in c.metadata.get("tags", []) for c in code):
             problems.append(f"{page}: no code cell tagged 'parameters' (needed by papermill)")
     assert not problems, "\n".join(problems)
+
+
+def test_no_result_typed_into_prose():
+    """Results are printed by code from the records, never typed into the prose: no markdown
+    cell of a chapter and no book page may hold a number with three or more decimals (how the
+    book reports AUCs). The protocol page is exempt: it quotes the literature's reference
+    numbers, which are not ours."""
+    import json
+    import re
+
+    pattern = re.compile(r"(?<![\w.])[01]\.\d{3,}(?![\w.])")  # metrics lie in [0, 1]
+    found = []
+    for nb_path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(nb_path.read_text(encoding="utf-8"))["cells"]):
+            if cell["cell_type"] == "markdown":
+                found += [f"{nb_path.name} cell {i}: {m}"
+                          for m in pattern.findall("".join(cell["source"]))]
+    for md in sorted((REPO / "book").glob("*.md")):
+        if md.name != "protocols.md":
+            found += [f"{md.name}: {m}" for m in pattern.findall(md.read_text(encoding="utf-8"))]
+    assert not found, f"numbers typed into prose (print them from the records instead): {found}"
