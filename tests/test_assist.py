@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from fixtures_real import make_akt_students, write_akt, write_skill_builder
+from helpers import one_line, run_script
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -51,13 +51,6 @@ def prepared(tmp_path_factory, akt_dir) -> Path:
     root = tmp_path_factory.mktemp("data")
     prepare_assist2009(akt_dir, root, verify=False, log=quiet)
     return root
-
-
-def one_line(e: pytest.ExceptionInfo, *words: str) -> None:
-    msg = str(e.value)
-    assert "\n" not in msg
-    for w in words:
-        assert w in msg, msg
 
 
 # ------------------------------------------------------------------------------- merging
@@ -357,8 +350,7 @@ def test_missing_sources(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd="/", timeout=120)
+    return run_script(SCRIPT, *args)
 
 
 def test_cli(tmp_path, akt_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from fixtures_real import make_oulad_tables, write_oulad, write_oulad_tables
+from helpers import one_line, run_script
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -263,13 +263,6 @@ def test_coin_flip_label_auc_is_chance(tmp_path):
 # ------------------------------------------------------------------------------ bad input
 
 
-def one_line(e: pytest.ExceptionInfo, *words: str) -> None:
-    msg = str(e.value)
-    assert "\n" not in msg
-    for w in words:
-        assert w in msg, msg
-
-
 def no_cache(root: Path) -> None:
     """Nothing half-written: no cache folder and no temporary leftovers."""
     assert not (root / "oulad").exists()
@@ -398,8 +391,7 @@ def test_empty_split_and_no_cache(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd="/", timeout=120)
+    return run_script(SCRIPT, *args)
 
 
 def test_cli(tmp_path, fixture_zip):
