@@ -106,11 +106,12 @@ def test_presets_expand_to_valid_configs():
         runs = sw.expand(sw.load_grid(preset=name))
         assert runs and not [r for r in runs if r.get("error")], name
         sizes[name] = len(runs)
-    assert sizes["oulad"] == 50 and sizes["assist"] == 50  # 10 methods x 5 seeds / folds
+    assert sizes["oulad"] == 55 and sizes["assist"] == 55  # 11 methods x 5 seeds / folds
     ab = sw.expand(sw.load_grid(preset="oulad_ablation"))
     main = {r["run_id"] for r in sw.expand(sw.load_grid(preset="oulad"))}
-    # the ablation's full model is the main grid's run (same config, same id): trained once
-    assert {r["run_id"] for r in ab if r["variant"] == "dsrsd"} <= main
+    # the ablation's full model and paper-weights variant are the main grid's runs (same
+    # config, same id): trained once
+    assert {r["run_id"] for r in ab if r["variant"] in ("dsrsd", "dsrsd_pw")} <= main
 
 
 def test_paired_test_choice():
