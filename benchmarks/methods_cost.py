@@ -198,6 +198,16 @@ def child(args) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def _prepared(dataset: str) -> bool:
+    if dataset == "synthetic":
+        return True
+    if dataset == "oulad":
+        from dsrsd.data.oulad import oulad_cache_ok
+        return oulad_cache_ok()
+    from dsrsd.data.assist import assist_cache_ok
+    return assist_cache_ok()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -211,6 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads per child (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "results" / "cost.csv"))
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the measured datasets' rows of an existing --out CSV")
     ap.add_argument("--dataset", default="synthetic", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
@@ -235,7 +247,9 @@ def main(argv=None) -> int:
         for s in (args.sizes or DATASETS[ds][0]).split(","):
             b, d = s.lower().split("x")
             grid.append((ds, int(b), int(d)))
-    skipped = set()
+    skipped = {ds for ds in datasets if not _prepared(ds)}
+    for ds in sorted(skipped):
+        print(f"{ds}: skipped (its cache is not prepared; see data_scripts/)", file=sys.stderr)
     for ds, b, d in grid:
         for v in variants:
             if ds in skipped:
@@ -247,9 +261,8 @@ def main(argv=None) -> int:
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
                 err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                if "DsrsdError" in proc.stderr and ds != "synthetic":  # data not prepared
-                    print(f"{ds}: skipped ({err})", file=sys.stderr)
-                    skipped.add(ds)
+                if "DsrsdError" in err:  # e.g. a protocol the method does not support here
+                    print(f"  {ds:<11} {v:<20} not measured: {err.split(': ', 1)[-1]}")
                 else:
                     print(f"{v} {ds} b={b} d={d}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -264,10 +277,16 @@ def main(argv=None) -> int:
                                if base else float("nan"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    keep = []
+    if args.merge and out.exists():  # keep the other datasets' rows (each from its own run)
+        with open(out, newline="") as f:
+            keep = [r for r in csv.DictReader(f) if r["dataset"] not in datasets]
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:  # written whole, then renamed into place
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(keep + rows)
+    os.replace(tmp, out)
     # One table: methods as rows, each dataset/size's time and ratio to early fusion side by side.
     cols = sorted({(r["dataset"], r["batch"], r["d"]) for r in rows}, key=grid.index)
     head = f"{'method':<20}" + "".join(f" | {ds[:8]} b{b} d{d}: ms, x early" for ds, b, d in cols)
