@@ -40,7 +40,7 @@ _OULAD = {"cutoff": 0.5, "label": "binary", "split": "temporal"}
 _COMMON = {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512, "modality_dropout": 0.15}
 _ALL = ["dsrsd", "early", "late", "late_logit", "unimodal", "gbdt", "coattention", "coral",
         "clear", "misa"]
-# The two attention-heavy peers cost 10-20x early fusion per epoch on CPU (results/cost*.csv):
+# The two attention-heavy peers cost 12-38x early fusion per step on CPU (results/cost.csv):
 # they get 5 epochs (patience 2) so the 5-seed grid fits a CPU session; records say so.
 _HEAVY = {"coattention": {"method": "coattention", "config": {"epochs": 5, "patience": 2}},
           "coral": {"method": "coral", "config": {"epochs": 5, "patience": 2}}}
