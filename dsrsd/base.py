@@ -65,7 +65,9 @@ class FusionModel(nn.Module):
         self.d = d
         self.per_step = task.kind == "per_step"
         self.modality_dropout = modality_dropout
-        self.dropout = dropout
+        # The task head gets twice the encoder dropout, capped at 0.2 (0.2 at the default 0.1),
+        # because that is where small tabular tasks overfit; ``dropout=0`` turns every one off.
+        self.head_dropout = min(0.2, 2 * dropout)
         # Set by the trainer under torchrun: gathers a tensor's rows from every rank (with
         # gradient), so batch-level losses see the global batch, as a single process would.
         self.batch_gather: Callable[[Tensor], Tensor] | None = None
@@ -77,14 +79,10 @@ class FusionModel(nn.Module):
         return [s.name for s in self.specs]
 
     def make_head(self, d_in: int, dropout: float | None = None) -> nn.Module:
-        """Task predictor: MLP(d_in -> d -> out) with GELU and dropout.
-
-        The head gets twice the encoder dropout, capped at 0.2 (0.2 at the default 0.1), because
-        that is where small tabular tasks overfit; ``--dropout 0`` turns every dropout off.
-        """
-        if dropout is None:
-            dropout = min(0.2, 2 * self.dropout)
-        return mlp(d_in, self.d, self.task.out_dim, dropout)
+        """Task predictor: MLP(d_in -> d -> out) with GELU and dropout (``head_dropout`` unless
+        given)."""
+        return mlp(d_in, self.d, self.task.out_dim,
+                   self.head_dropout if dropout is None else dropout)
 
     def flatten_steps(self, t: Tensor, batch: Batch) -> Tensor:
         """Per-step tasks: keep scored positions only (``[B, T, ...] -> [N, ...]``)."""

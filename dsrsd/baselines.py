@@ -111,8 +111,8 @@ class LateFusion(FusionModel):
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128,
                  head_dropout: float | None = None, **kw):
         super().__init__(specs, task, d, **kw)
-        if head_dropout is None:  # the rule of FusionModel.make_head
-            head_dropout = min(0.2, 2 * self.dropout)
+        if head_dropout is None:
+            head_dropout = self.head_dropout
         self.trunks = nn.ModuleDict({
             s.name: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d),
                                   nn.Dropout(head_dropout)) for s in specs})
