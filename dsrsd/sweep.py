@@ -90,9 +90,6 @@ PRESETS: dict[str, dict] = {
               "config": {"epochs": 2, "d": 16, "batch_size": 64}},
 }
 
-SKIP_KEYS = ("name", "setting", "data_params", "seeds", "folds", "max_train")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of methods x datasets x seeds into records")
     src = p.add_mutually_exclusive_group(required=True)
@@ -215,7 +212,6 @@ def execute_run(run: dict, out: str | Path) -> dict:
 
     from dsrsd.config import TrainConfig
     from dsrsd.data import load_dataset
-    from dsrsd.records import atomic_write_json
     from dsrsd.train import fit
 
     if run.get("error"):
@@ -228,12 +224,11 @@ def execute_run(run: dict, out: str | Path) -> dict:
     splits = load_dataset(cfg.dataset, seed=cfg.seed, **dp)
     if max_train:
         splits = _subsample(splits, int(max_train), cfg.seed)
+    labels = {"variant": run.get("variant", cfg.method),
+              "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"]}
     # resume=True continues a run killed mid-way from its last.pt (same config hash only)
-    rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False)
+    rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False, labels=labels)
     rec.pop("model")
-    rec.update({"variant": run.get("variant", cfg.method),
-                "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"]})
-    atomic_write_json(run_dir / "metrics.json", rec)
     return rec
 
 

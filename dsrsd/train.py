@@ -196,8 +196,11 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None = None,
-        resume: bool = False, progress: bool = True) -> dict:
+        resume: bool = False, progress: bool = True, labels: dict | None = None) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset`` and return its record (also written to ``out``).
+
+    ``labels`` (e.g. a sweep's ``variant``, ``setting``, ``run_id``) go into the record before
+    its one write, so a record on disk is always complete.
 
     With ``out``: ``out/metrics.json`` (the record), ``out/last.pt`` (resumable, every epoch)
     and ``out/best.pt`` (the best-validation weights). Under ``torchrun`` every rank trains on
@@ -236,7 +239,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
         "test": evaluate(model, test, device=device, amp=cfg.amp),
         "robustness": robustness(model, test, device=device, amp=cfg.amp, seed=cfg.seed),
         "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
-        "wall_time_s": time.perf_counter() - t0, **provenance(device)})
+        "wall_time_s": time.perf_counter() - t0, **provenance(device), **(labels or {})})
     if out is not None and rank == 0:
         atomic_write_json(out / "metrics.json", record)
     record["model"] = model
