@@ -1,20 +1,17 @@
 """Checks on the real OULAD and ASSISTments 2009 files (skipped when they are not on this machine).
 
-The data folder is ``$DSRSD_SHARED_DATA`` or ``/work/shared/data`` (``oulad_csv/anonymisedData.zip``
+The data folder is ``$DSRSD_SHARED_DATA`` or ``../shared/data`` beside the checkout (``oulad_csv/anonymisedData.zip``
 and ``assist2009_akt/``). Both are prepared through the command-line scripts into a temporary
 data dir; nothing is written next to the data or into the repository.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import prepare_real
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -25,39 +22,20 @@ from dsrsd.data.assist import kt_features_flat, load_assist2009, merge_runs
 from dsrsd.data.oulad import OULAD_ROWS, load_oulad, oulad_features_flat
 from dsrsd.data.paths import read_json
 
-SHARED = Path(os.environ.get("DSRSD_SHARED_DATA", "/work/shared/data"))
-OULAD_ZIP = SHARED / "oulad_csv" / "anonymisedData.zip"
-AKT_DIR = SHARED / "assist2009_akt"
-REPO = Path(__file__).resolve().parents[1]
-
 pytestmark = pytest.mark.realdata
-
-
-def run_script(name: str, *args: str) -> float:
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, str(REPO / "data_scripts" / name), *args],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return time.perf_counter() - t
 
 
 @pytest.fixture(scope="module")
 def oulad_dir(tmp_path_factory) -> Path:
-    if not OULAD_ZIP.is_file():
-        pytest.skip(f"real OULAD not found at {OULAD_ZIP} (set DSRSD_SHARED_DATA)")
     d = tmp_path_factory.mktemp("real")
-    secs = run_script("get_oulad.py", "--source", str(OULAD_ZIP), "--data-dir", str(d))
-    print(f"OULAD prepared in {secs:.1f} s")
+    print(f"OULAD prepared in {prepare_real('oulad', d):.1f} s")
     return d
 
 
 @pytest.fixture(scope="module")
 def assist_dir(tmp_path_factory) -> Path:
-    if not (AKT_DIR / "assist2009_pid_train1.csv").is_file():
-        pytest.skip(f"real ASSISTments 2009 (AKT) not found at {AKT_DIR} (set DSRSD_SHARED_DATA)")
     d = tmp_path_factory.mktemp("real")
-    secs = run_script("get_assistments.py", "--source", str(AKT_DIR), "--data-dir", str(d))
-    print(f"ASSISTments prepared in {secs:.1f} s")
+    print(f"ASSISTments prepared in {prepare_real('assist2009', d):.1f} s")
     return d
 
 

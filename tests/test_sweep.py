@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import prepare_real
 
 from dsrsd import sweep as sw
 from dsrsd import tables
@@ -133,19 +131,6 @@ def _committed_records() -> list[Path]:
     return sorted((REPO / "results" / "runs").glob("*/metrics.json"))
 
 
-def _prepare_real(dataset: str, into: Path) -> bool:
-    """Prepare ``dataset`` from ../shared/data (or $DSRSD_SHARED_DATA) into ``into``."""
-    shared = Path(os.environ.get("DSRSD_SHARED_DATA", str(REPO.parent / "shared" / "data")))
-    script, src = {"oulad": ("get_oulad.py", shared / "oulad_csv" / "anonymisedData.zip"),
-                   "assist2009": ("get_assistments.py", shared / "assist2009_akt")}[dataset]
-    if not src.exists():
-        return False
-    r = subprocess.run([sys.executable, str(REPO / "data_scripts" / script), "--source", str(src),
-                        "--data-dir", str(into)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return True
-
-
 @pytest.mark.skipif(not _committed_records(), reason="no committed records in results/runs")
 def test_rerun_committed_record_quick(tmp_path, monkeypatch):
     """Re-run one committed OULAD record's grid entry for 1 epoch, through the sweep (papermill),
@@ -154,8 +139,7 @@ def test_rerun_committed_record_quick(tmp_path, monkeypatch):
     oulad = [r for r in recs if r["dataset"] == "oulad" and r.get("epochs_run", 0) > 0]
     assert oulad, "the committed records hold no neural OULAD run"
     rec = min(oulad, key=lambda r: r["wall_time_s"])  # the cheapest keeps this test short
-    if not _prepare_real("oulad", tmp_path / "data"):
-        pytest.skip("real OULAD not available (set DSRSD_SHARED_DATA)")
+    prepare_real("oulad", tmp_path / "data")  # skips when the real files are absent
     monkeypatch.setenv("DSRSD_DATA", str(tmp_path / "data"))  # the kernel inherits it
     cfg = {**rec["config"], "epochs": 1, "device": "cpu",
            "data_params": {**rec["config"]["data_params"], "max_train": 300}}
