@@ -232,19 +232,38 @@ def execute_run(run: dict, out: str | Path) -> dict:
     return rec
 
 
+def scrub_notebook_paths(path: str | Path) -> None:
+    """Replace the absolute paths papermill records in a notebook's metadata (its input and
+    output files) by the repository-relative input and the bare output name, in place."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    meta = nb.metadata.get("papermill")
+    if isinstance(meta, dict):
+        meta["input_path"] = "notebooks/run.ipynb"
+        meta["output_path"] = "run.ipynb"
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, path)
+
+
 def _execute_notebook(run: dict, out: str) -> dict:
     import papermill as pm
 
     run_dir = Path(out) / run["run_id"]
     tmp = run_dir / "run.part.ipynb"
+    # The kernel runs in notebooks/, so a path relative to it reaches `out` without writing a
+    # machine path into the kept notebook.
+    out_rel = os.path.relpath(Path(out).resolve(), RUN_NOTEBOOK.parent)
     try:
         pm.execute_notebook(str(RUN_NOTEBOOK), str(tmp), kernel_name="python3",
-                            parameters={"run_json": json.dumps(run), "out": str(Path(out).resolve()),
-                                        "fig_dpi": 40},
+                            parameters={"run_json": json.dumps(run), "out": out_rel, "fig_dpi": 40},
                             progress_bar=False, cwd=str(RUN_NOTEBOOK.parent))
     except pm.PapermillExecutionError as e:
+        scrub_notebook_paths(tmp)
         os.replace(tmp, run_dir / "run.ipynb")  # the failed notebook shows where it stopped
         raise DsrsdError(f"{e.ename}: {(e.evalue.splitlines() or [''])[0]}") from None
+    scrub_notebook_paths(tmp)
     os.replace(tmp, run_dir / "run.ipynb")
     return json.loads((run_dir / "metrics.json").read_text())
 
