@@ -11,18 +11,18 @@ does nothing. Errors print ``error: ...`` and exit with status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
+from dsrsd.cli import OneLineParser, os_error  # noqa: E402
 from dsrsd.data.assist import prepare_assist2009  # noqa: E402
 from dsrsd.errors import DsrsdError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = OneLineParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", help="AKT assist2009_pid folder or skill-builder CSV "
                                      "(default: download AKT's files)")
     ap.add_argument("--data-dir", help="data folder (default: $DSRSD_DATA or ~/.cache/dsrsd)")
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     except DsrsdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only disk, --data-dir naming a file, ...
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (the cache is written whole or not at all)", file=sys.stderr)
+        return 130
     return 0
 
 

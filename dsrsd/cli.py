@@ -6,22 +6,40 @@ Every user error is a one-line ``error: ...`` on stderr and exit code 2, never a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
+import typing
 
 from dsrsd.errors import DsrsdError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``error: ...`` (exit 2) like every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _kv(items: list[str] | None, flag: str) -> dict:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; values parsed as JSON when possible."""
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; values parsed as JSON when possible.
+
+    Types and ranges are checked later, once, by :mod:`dsrsd.validate` (through TrainConfig).
+    """
     out = {}
     for item in items or []:
         if "=" not in item:
             raise DsrsdError(f"{flag} expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        if not key:
+            raise DsrsdError(f"{flag} expects KEY=VALUE, got an empty key in {item!r}")
+        if key in out:
+            raise DsrsdError(f"{flag} sets {key!r} twice")
         try:
             out[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             out[key] = value
     return out
 
@@ -58,6 +76,8 @@ def _train(a: argparse.Namespace) -> int:
                       patience=a.patience, data_params=_kv(a.data, "--data"),
                       method_params=_kv(a.param, "--param"),
                       weights={**DEFAULT_WEIGHTS, **_kv(a.weight, "--weight")})
+    if not a.out:
+        raise DsrsdError("--out must not be empty")
     dist_on = _maybe_init_distributed(cfg.device)
     try:
         rec = fit(cfg, out=a.out, resume=a.resume, progress=not a.no_progress)
@@ -86,7 +106,7 @@ def _maybe_init_distributed(device: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsrsd", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m dsrsd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     try:
@@ -107,4 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full or read-only disk, a vanished folder: the system's one line
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory (try a smaller --batch-size, --hidden or dataset)",
+              file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error(e: OSError) -> str:
+    """``No space left on device: 'path'``: the reason and the file, on one line."""
+    what = e.strerror or (errno.errorcode.get(e.errno or 0) if e.errno else None) or str(e)
+    where = e.filename if e.filename is not None else None
+    text = f"{what}: {str(os.fspath(where))!r}" if where is not None else what
+    return text.splitlines()[0] if text else type(e).__name__

@@ -22,44 +22,44 @@ DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 10
 WARMUP_TERMS = ("decor", "orth")
 
 
+def _m(**meta) -> dict:
+    return {"metadata": meta}
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (and nothing that does not, e.g. output paths)."""
+    """Everything that defines a training run (and nothing that does not, e.g. output paths).
+
+    Each field's type hint and ``metadata`` (range, choices) are what :mod:`dsrsd.validate`
+    checks; the dataset and method parameters are checked against their loader's and model's
+    signatures, the weights against :data:`DEFAULT_WEIGHTS`.
+    """
 
     method: str = "dsrsd"
     dataset: str = "synthetic"
     data_params: dict = field(default_factory=dict)
     method_params: dict = field(default_factory=dict)
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    d: int = 64
-    seq_encoder: str = "gru"
-    dropout: float = 0.1
-    modality_dropout: float = 0.0
-    warmup_epochs: int = 5
-    patience: int = 5
-    grad_clip: float = 1.0
-    seed: int = 0
+    epochs: int = field(default=30, **_m(min=1, max=100_000))
+    batch_size: int = field(default=256, **_m(min=1, max=1_000_000))
+    lr: float = field(default=1e-3, **_m(min=0, min_open=True, max=1e3))
+    weight_decay: float = field(default=1e-4, **_m(min=0, max=1e3))
+    d: int = field(default=64, **_m(min=1, max=16_384))
+    seq_encoder: str = field(default="gru", **_m(choices=("gru", "transformer")))
+    dropout: float = field(default=0.1, **_m(min=0, max=1, max_open=True))
+    modality_dropout: float = field(default=0.0, **_m(min=0, max=1, max_open=True))
+    warmup_epochs: int = field(default=5, **_m(min=0, max=100_000))
+    patience: int = field(default=5, **_m(min=1, max=100_000))
+    grad_clip: float = field(default=1.0, **_m(min=0, max=1e6))
+    seed: int = field(default=0, **_m(min=0, max=2**32 - 1))
     device: str = "auto"
     amp: bool = True
 
     def __post_init__(self) -> None:
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0),
-                  ("d", self.d >= 1), ("dropout", 0 <= self.dropout < 1),
-                  ("modality_dropout", 0 <= self.modality_dropout < 1),
-                  ("warmup_epochs", self.warmup_epochs >= 0), ("patience", self.patience >= 1),
-                  ("grad_clip", self.grad_clip >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise DsrsdError(f"invalid {name}={getattr(self, name)!r}")
-        for name, w in self.weights.items():
-            if not isinstance(w, (int, float)) or w < 0:
-                raise DsrsdError(f"loss weight {name}={w!r} must be a non-negative number")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        from dsrsd.validate import check_config
+        check_config(self)
+        if self.device not in ("auto", "cpu", "cuda") and not (
+                self.device.startswith("cuda:") and self.device[5:].isdigit()):
             raise DsrsdError(f"unknown device {self.device!r} (auto, cpu, cuda, cuda:N)")
 
     def to_dict(self) -> dict:
@@ -67,10 +67,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise DsrsdError(f"a run config must be an object {{key: value}}, got {d!r:.80}")
         known = {f.name for f in fields(cls)}
         bad = set(d) - known
         if bad:
-            raise DsrsdError(f"unknown config key(s): {sorted(bad)}")
+            raise DsrsdError(f"unknown config key(s): {sorted(bad)} (allowed: {', '.join(sorted(known))})")
         return cls(**d)
 
     def hash(self) -> str:

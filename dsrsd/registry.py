@@ -18,52 +18,106 @@ def _common(cfg: TrainConfig) -> dict:
             "modality_dropout": cfg.modality_dropout}
 
 
-def _params(cfg: TrainConfig, allowed: set[str]) -> dict:
-    bad = set(cfg.method_params) - allowed
-    if bad:
-        raise DsrsdError(f"method {cfg.method!r} does not take parameter(s) {sorted(bad)} "
-                         f"(allowed: {sorted(allowed) or 'none'})")
+# Set by the run config itself (TrainConfig fields), never by method_params.
+COMMON = ("specs", "task", "d", "seq_encoder", "dropout", "modality_dropout")
+
+
+def _model_classes() -> dict[str, tuple]:
+    """method -> (model class, its parameters set by the builder or by the config, extra
+    builder-level parameters as {name: (hint, default)})."""
+    from dsrsd.baselines import CoAttention, EarlyFusion, LateFusion, LateLogitFusion, Unimodal
+    from dsrsd.clear import ClearMixin
+    from dsrsd.coral import COrAL, COrALProbe
+    from dsrsd.gbdt import GBDT
+    from dsrsd.misa import MISA
+    from dsrsd.model import DSRSDNet
+    from dsrsd.validate import signature_hints
+    probe = signature_hints(COrALProbe, drop=("net",))
+    return {
+        "dsrsd": (DSRSDNet, (), {}), "early": (EarlyFusion, (), {}),
+        "unimodal": (Unimodal, (), {}), "late": (LateFusion, (), {}),
+        "late_logit": (LateLogitFusion, (), {}), "coattention": (CoAttention, (), {}),
+        "gbdt": (GBDT, ("seed",), {}),
+        "coral": (COrAL, ("with_head",), {"protocol": str, **probe}),
+        "clear": (ClearMixin, ("train",), {"base": str, "base_params": dict}),
+        "misa": (MISA, (), {}),
+    }
+
+
+# CLEAR's rank is ``k`` in method_params (the paper's name); DSRSD-Net's own k goes in base_params
+_RENAME = {"clear": {"rank": "k"}}
+
+
+def method_param_hints(method: str) -> tuple[dict, dict]:
+    """The ``method_params`` that ``method`` takes -> (type hints, ranges), read from its model's
+    constructor (minus what the config sets) plus the builder's own options.
+
+    Ranges follow the defaults: an integer whose default is >= 1 must be >= 1; a number whose
+    default is non-negative must be non-negative.
+    """
+    import inspect
+
+    from dsrsd.validate import signature_hints
+    cls, drop, extra = _model_classes()[method]
+    hints = signature_hints(cls, drop=(*COMMON, *drop))
+    target = cls.__init__
+    defaults = {n: p.default for n, p in inspect.signature(target).parameters.items()}
+    metas = {}
+    for name in hints:
+        dflt = defaults.get(name)
+        if isinstance(dflt, bool) or not isinstance(dflt, (int, float)):
+            continue
+        if isinstance(dflt, int) and dflt >= 1:
+            metas[name] = {"min": 1}
+        elif dflt >= 0:
+            metas[name] = {"min": 0}
+    for old, new in _RENAME.get(method, {}).items():
+        hints[new] = hints.pop(old)
+        if old in metas:
+            metas[new] = metas.pop(old)
+    return {**hints, **extra}, metas
+
+
+def _params(cfg: TrainConfig) -> dict:
+    from dsrsd.validate import check_method_params
+    check_method_params(cfg.method, cfg.method_params)
     return dict(cfg.method_params)
 
 
 def build_dsrsd(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.model import DSRSDNet
-    allowed = {"k", "fusion", "temperature", "regression", "decorrelation", "orthogonality",
-               "max_aux_rows"}
-    return DSRSDNet(specs, task, **_common(cfg), **_params(cfg, allowed))
+    return DSRSDNet(specs, task, **_common(cfg), **_params(cfg))
 
 
 def build_early(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.baselines import EarlyFusion
-    return EarlyFusion(specs, task, **_common(cfg), **_params(cfg, set()))
+    return EarlyFusion(specs, task, **_common(cfg), **_params(cfg))
 
 
 
 def build_unimodal(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.baselines import Unimodal
-    return Unimodal(specs, task, **_common(cfg), **_params(cfg, {"modality"}))
+    return Unimodal(specs, task, **_common(cfg), **_params(cfg))
 
 
 def build_late(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.baselines import LateFusion
-    return LateFusion(specs, task, **_common(cfg), **_params(cfg, {"head_dropout"}))
+    return LateFusion(specs, task, **_common(cfg), **_params(cfg))
 
 
 def build_late_logit(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.baselines import LateLogitFusion
-    return LateLogitFusion(specs, task, **_common(cfg), **_params(cfg, set()))
+    return LateLogitFusion(specs, task, **_common(cfg), **_params(cfg))
 
 
 def build_coattention(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.baselines import CoAttention
-    return CoAttention(specs, task, **_common(cfg), **_params(cfg, {"layers", "heads", "tab_tokens"}))
+    return CoAttention(specs, task, **_common(cfg), **_params(cfg))
 
 
 def build_gbdt(cfg: TrainConfig, specs, task, train) -> nn.Module:
     from dsrsd.gbdt import GBDT
-    allowed = {"max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf",
-               "l2_regularization", "n_iter_no_change", "max_vocab"}
-    return GBDT(specs, task, seed=cfg.seed, **_params(cfg, allowed))
+    return GBDT(specs, task, seed=cfg.seed, **_params(cfg))
 
 
 def build_coral(cfg: TrainConfig, specs, task, train) -> nn.Module:
@@ -73,10 +127,7 @@ def build_coral(cfg: TrainConfig, specs, task, train) -> nn.Module:
     weight ``cfg.weights["coral"]``, set here to 1.0 when absent (so the record shows it).
     """
     from dsrsd.coral import COrAL, COrALProbe
-    allowed = {"protocol", "ortho", "w_s", "w_u", "w_o", "mask_ratio", "temperature", "heads",
-               "tab_tokens", "proj_hidden", "proj_dim", "noise", "max_drop", "max_aux_rows",
-               "probe_fine"}
-    params = _params(cfg, allowed)
+    params = _params(cfg)
     protocol = params.pop("protocol", "supervised")
     probe_fine = params.pop("probe_fine", 29)
     if protocol == "probe":
@@ -93,16 +144,14 @@ def build_coral(cfg: TrainConfig, specs, task, train) -> nn.Module:
 def build_clear(cfg: TrainConfig, specs, task, train) -> nn.Module:
     """CLEAR plug-in: method_params base, k, lam, mode, pair, base_params (see dsrsd/clear.py)."""
     from dsrsd.clear import BASES
-    params = _params(cfg, {"base", "k", "lam", "mode", "pair", "base_params"})
+    params = _params(cfg)
     base = params.pop("base", "early")
     if base not in BASES:
         raise DsrsdError(f"clear: unknown base {base!r} (expected one of {', '.join(BASES)})")
     base_params = dict(params.pop("base_params", {}) or {})
-    base_allowed = {"dsrsd": {"k", "fusion", "temperature", "regression", "decorrelation",
-                              "orthogonality", "max_aux_rows"}, "late": {"head_dropout"}}
-    bad = set(base_params) - base_allowed.get(base, set())
-    if bad:
-        raise DsrsdError(f"clear: base {base!r} does not take parameter(s) {sorted(bad)}")
+    from dsrsd.validate import check_keys, signature_hints
+    plain = BASES[base].__mro__[2]  # the base model under ClearMixin (e.g. EarlyFusion)
+    check_keys(f"clear: base {base}: parameter", base_params, signature_hints(plain, drop=COMMON))
     if "k" in params:  # CLEAR's rank; the base's own ``k`` (DSRSD stream size) is in base_params
         params["rank"] = params.pop("k")
     return BASES[base](specs, task, **_common(cfg), **base_params, **params, train=train)
@@ -111,9 +160,7 @@ def build_clear(cfg: TrainConfig, specs, task, train) -> nn.Module:
 def build_misa(cfg: TrainConfig, specs, task, train) -> nn.Module:
     """MISA; the aux term ``misa`` gets ``cfg.weights["misa"]``, set to 1.0 when absent."""
     from dsrsd.misa import MISA
-    allowed = {"w_sim", "w_diff", "w_recon", "heads", "head_dropout", "cmd_moments",
-               "max_aux_rows"}
-    params = _params(cfg, allowed)
+    params = _params(cfg)
     return MISA(specs, task, **_common(cfg), **params)
 
 METHODS: dict[str, Builder] = {
@@ -135,4 +182,12 @@ def build_model(cfg: TrainConfig, specs: list[ModalitySpec], task: TaskSpec,
     """Construct ``cfg.method`` for these modalities and task (``train`` for data-fitted parts)."""
     if cfg.method not in METHODS:
         raise DsrsdError(f"unknown method {cfg.method!r} (expected one of {', '.join(METHODS)})")
-    return METHODS[cfg.method](cfg, specs, task, train)
+    try:
+        return METHODS[cfg.method](cfg, specs, task, train)
+    except DsrsdError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError) as e:
+        # parameters of the right type that the model still cannot be built with
+        msg = (str(e).splitlines() or [""])[0][:200]
+        raise DsrsdError(f"method {cfg.method!r} cannot be built with parameters "
+                         f"{cfg.method_params} ({type(e).__name__}: {msg})") from None

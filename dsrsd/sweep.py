@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import typing
 from pathlib import Path
+from typing import TypedDict
 
 from dsrsd.errors import DsrsdError
 
@@ -96,8 +98,10 @@ def add_parser(sub) -> None:
     src.add_argument("--grid", help="grid JSON file")
     src.add_argument("--preset", choices=sorted(PRESETS))
     p.add_argument("--out", default="results/runs", help="folder of run records")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=None, help="override every run's epochs")
+    p.add_argument("--jobs", type=_positive(256), default=1,
+                   help="runs at a time, each in its own process")
+    p.add_argument("--epochs", type=_positive(100_000), default=None,
+                   help="override every run's epochs")
     p.add_argument("--quick", action="store_true", help="1 epoch per run (a format check)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--only-method", action="append", help="restrict to these methods")
@@ -107,31 +111,133 @@ def add_parser(sub) -> None:
                         "record (default); direct: train in the worker process")
 
 
+class GridDataset(TypedDict, total=False):
+    """One entry of a grid's ``datasets`` (``name`` required; a bare string is the name)."""
+
+    name: str
+    setting: str
+    data_params: dict
+    seeds: list[int]
+    folds: list[int]
+    max_train: int
+
+
+class GridVariant(TypedDict, total=False):
+    """``variants[label]``: the method a label runs and what it changes."""
+
+    method: str
+    config: dict
+    weights: dict
+    method_params: dict
+
+
+class Grid(TypedDict, total=False):
+    """A grid file (``methods`` and ``datasets`` required)."""
+
+    methods: list[str]
+    datasets: list
+    seeds: list[int]
+    config: dict
+    method_params: dict
+    weights: dict
+    variants: dict
+
+
+# Set by the grid's structure (and so refused inside ``config``; a config ``device`` is allowed
+# but the command line's --device wins)
+_SET_BY_GRID = {"method": "use 'methods' (and 'variants')", "dataset": "use 'datasets'",
+                "seed": "use 'seeds'", "data_params": "use the dataset's 'data_params'",
+                "method_params": "use 'method_params' or a variant",
+                "weights": "use 'weights' or a variant"}
+
+
 def load_grid(grid: str | None = None, preset: str | None = None) -> dict:
+    """A preset or a grid JSON file, checked (:func:`check_grid`)."""
     if preset is not None:
         if preset not in PRESETS:
             raise DsrsdError(f"unknown preset {preset!r} (expected {', '.join(sorted(PRESETS))})")
-        return json.loads(json.dumps(PRESETS[preset]))
+        return check_grid(json.loads(json.dumps(PRESETS[preset])), f"preset {preset}")
     try:
-        g = json.loads(Path(grid).read_text())
+        g = json.loads(Path(grid).read_text(encoding="utf-8"))
     except OSError as e:
         raise DsrsdError(f"cannot read grid {grid!r}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise DsrsdError(f"grid {grid!r} is not valid JSON: {e}") from None
-    if not isinstance(g, dict) or not g.get("methods") or not g.get("datasets"):
-        raise DsrsdError(f"grid {grid!r} needs non-empty 'methods' and 'datasets'")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DsrsdError(f"grid {grid!r} is not valid JSON: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise DsrsdError(f"grid {grid!r} is nested too deeply") from None
+    return check_grid(g, f"grid {grid!r}")
+
+
+def check_grid(g: object, where: str = "grid") -> dict:
+    """Structure, names and types of a grid; unknown keys are errors. Returns ``g``.
+
+    Per-run problems that only a whole config shows (e.g. an unknown method) are left to
+    :func:`expand`, which records them as that run's error.
+    """
+    from dsrsd import validate as v
+    from dsrsd.config import TrainConfig
+
+    def keys(what: str, obj: object, td: type, required: tuple[str, ...] = ()) -> None:
+        hints = typing.get_type_hints(td)
+        v.check_keys(f"{where}: {what}", obj, hints)
+        for k in required:
+            if k not in obj or obj[k] in ([], "", None):
+                raise DsrsdError(f"{where}: {what} needs a non-empty {k!r}")
+
+    keys("key", g, Grid, ("methods", "datasets"))
+    labels = g["methods"]
+    for m in labels:
+        v.check_name(f"{where}: method label", m)
+    if len(set(labels)) != len(labels):
+        raise DsrsdError(f"{where}: 'methods' lists a label twice")
+    hints, metas = v.dataclass_hints(TrainConfig)
+    cfg_hints = {k: v for k, v in hints.items() if k not in _SET_BY_GRID}
+
+    def config(what: str, c: object) -> None:
+        v.check_keys(f"{where}: {what}", c, cfg_hints, _SET_BY_GRID, metas)
+
+    config("config", g.get("config", {}))
+    v.check_weights(g.get("weights", {}))
+    seed_meta = metas["seed"]
+    for s in g.get("seeds", []):
+        v.check_value(f"{where}: seed", s, int, seed_meta)
+    for label, var in g.get("variants", {}).items():
+        v.check_name(f"{where}: variant label", label)
+        keys(f"variant {label!r}", var, GridVariant)
+        config(f"variant {label!r} config", var.get("config", {}))
+        v.check_weights(var.get("weights", {}))
+    mps = g.get("method_params", {})
+    v.check_keys(f"{where}: method_params", mps, dict.fromkeys(mps, dict))
+    settings = set()
+    for ds in g["datasets"]:
+        ds = {"name": ds} if isinstance(ds, str) else ds
+        keys("dataset", ds, GridDataset, ("name",))
+        v.check_data_params(ds["name"], {**ds.get("data_params", {}),
+                                       **({"max_train": ds["max_train"]} if "max_train" in ds
+                                          else {})})
+        setting = v.check_name(f"{where}: setting", ds.get("setting", ds["name"]))
+        if setting in settings:
+            raise DsrsdError(f"{where}: two datasets share the setting {setting!r} "
+                             "(give one a 'setting' name)")
+        settings.add(setting)
+        for s in ds.get("seeds", []):
+            v.check_value(f"{where}: seed", s, int, seed_meta)
+        for f in ds.get("folds", []):
+            v.check_value(f"{where}: fold", f, int, {"min": 0, "max": 10**6})
     return g
 
 
 def expand(grid: dict, epochs: int | None = None, quick: bool = False,
            device: str = "cpu") -> list[dict]:
-    """The runs of ``grid``: dicts with ``run_id``, ``config`` (TrainConfig dict), ``max_train``.
+    """The runs of ``grid``: dicts with ``run_id``, ``config`` (TrainConfig dict), ``hash``.
 
-    A run whose config is invalid (e.g. a bad config value) is still listed, with ``error``
-    set, so it is recorded rather than dropped. Unknown methods fail inside the run.
+    ``run_id`` is built only from checked names (:func:`dsrsd.validate.check_name`), integers
+    and the config hash. A run whose config is invalid (e.g. an unknown method) is still listed,
+    with ``error`` set, so it is recorded rather than dropped.
     """
     from dsrsd.config import DEFAULT_WEIGHTS, TrainConfig
 
+    check_grid(grid)
     runs = []
     base = dict(grid.get("config", {}))
     if epochs is not None:
@@ -155,7 +261,7 @@ def expand(grid: dict, epochs: int | None = None, quick: bool = False,
                     if fold is not None:
                         dp["fold"] = fold
                     if ds.get("max_train"):
-                        dp["max_train"] = int(ds["max_train"])
+                        dp["max_train"] = ds["max_train"]
                     mp = {**grid.get("method_params", {}).get(label, {}),
                           **var.get("method_params", {})}
                     cfgd = {**base, **var.get("config", {}), "method": method, "dataset": name,
@@ -176,27 +282,22 @@ def expand(grid: dict, epochs: int | None = None, quick: bool = False,
     return runs
 
 
+# Present while a run is in progress: after a kill it marks the run as not done, even when its
+# metrics.json was already written (the kill came before its notebook and cleanup finished).
+IN_PROGRESS = ".in_progress"
+RUN_LOCK = ".lock"
+
+
 def is_done(run_dir: Path, h: str | None) -> bool:
+    """``metrics.json`` with config hash ``h`` and no sign of an unfinished run."""
     f = run_dir / "metrics.json"
-    if h is None or not f.exists():
+    if h is None or not f.exists() or (run_dir / IN_PROGRESS).exists():
         return False
     try:
-        return json.loads(f.read_text()).get("config_hash") == h
-    except (OSError, json.JSONDecodeError):
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
         return False
-
-
-def _subsample(splits, max_train: int, seed: int):
-    import torch
-
-    from dsrsd.data import Splits
-    n = len(splits.train)
-    if max_train >= n:
-        return splits
-    g = torch.Generator().manual_seed(10_000 + seed)
-    idx = torch.randperm(n, generator=g)[:max_train].sort().values
-    info = {**splits.info, "subsample_train": [max_train, n]}
-    return Splits(splits.train.subset(idx, splits.train.name), splits.val, splits.test, info)
+    return isinstance(rec, dict) and rec.get("config_hash") == h
 
 
 RUN_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "run.ipynb"
@@ -213,17 +314,14 @@ def execute_run(run: dict, out: str | Path) -> dict:
     from dsrsd.config import TrainConfig
     from dsrsd.data import load_dataset
     from dsrsd.train import fit
+    from dsrsd.validate import run_dir as checked_run_dir
 
     if run.get("error"):
         raise DsrsdError(run["error"])
     torch.set_num_threads(int(os.environ.get("DSRSD_THREADS", "1")))
-    run_dir = Path(out) / run["run_id"]
+    run_dir = checked_run_dir(out, run["run_id"])
     cfg = TrainConfig.from_dict(run["config"])
-    dp = dict(cfg.data_params)
-    max_train = dp.pop("max_train", None)
-    splits = load_dataset(cfg.dataset, seed=cfg.seed, **dp)
-    if max_train:
-        splits = _subsample(splits, int(max_train), cfg.seed)
+    splits = load_dataset(cfg.dataset, seed=cfg.seed, **cfg.data_params)
     labels = {"variant": run.get("variant", cfg.method),
               "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"]}
     # resume=True continues a run killed mid-way from its last.pt (same config hash only)
@@ -268,33 +366,110 @@ def _execute_notebook(run: dict, out: str) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+class FileLock:
+    """An exclusive ``flock`` on ``path``, released (and the file removed) by :meth:`release` or
+    by the holder's death, so a killed process never leaves a stale lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = Path(path), None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        import fcntl
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:  # the previous holder may have removed the file between our open and lock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return True
+            os.close(fd)
+
+    def release(self) -> None:
+        import fcntl
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _error_line(e: BaseException) -> tuple[str, str]:
+    msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+    err = msg if msg.split(":")[0].endswith(("Error", "Exception")) else f"{type(e).__name__}: {msg}"
+    return msg, err
+
+
+def _record_error(run_dir: Path, run: dict, err: str, t0: float, tail: list[str]) -> None:
+    """Write ``error.json``; a disk that refuses even that is reported, not raised."""
+    from dsrsd.records import atomic_write_json
+    try:
+        atomic_write_json(run_dir / "error.json", {
+            "run_id": run.get("run_id"), "error": err, "config": run.get("config"),
+            "wall_time_s": time.perf_counter() - t0, "traceback_tail": tail})
+    except OSError as e:
+        print(f"warning: cannot write {run_dir / 'error.json'}: {e.strerror or e}", file=sys.stderr)
+
+
 def run_one(run: dict, out: str, executor: str = "papermill") -> dict:
     """Run one grid entry (``papermill``: through notebooks/run.ipynb, which is kept with the
-    record; ``direct``: in this process). Returns a short status dict; never raises."""
-    from dsrsd.records import atomic_write_json
+    record; ``direct``: in this process). Returns a short status dict; never raises (but lets
+    KeyboardInterrupt through, keeping ``last.pt`` so the next sweep resumes).
 
-    run_dir = Path(out) / run["run_id"]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    The run folder is locked while the run is in progress: a second sweep on the same ``--out``
+    gets ``busy`` for it, or ``skipped`` if it finished meanwhile.
+    """
+    from dsrsd.validate import run_dir as checked_run_dir
+
     t0 = time.perf_counter()
+    rid = str(run.get("run_id"))
     try:
-        if run.get("error"):
-            raise DsrsdError(run["error"])
-        rec = _execute_notebook(run, out) if executor == "papermill" else execute_run(run, out)
-        (run_dir / "error.json").unlink(missing_ok=True)
-        return {"run_id": run["run_id"], "status": "ok", "auc": rec["test"].get("auc"),
-                "wall_time_s": rec["wall_time_s"]}
-    except Exception as e:  # recorded, never dropped
-        msg = (str(e).splitlines() or [""])[0] or type(e).__name__
-        err = msg if msg.split(":")[0].endswith(("Error", "Exception")) else f"{type(e).__name__}: {msg}"
-        atomic_write_json(run_dir / "error.json", {
-            "run_id": run["run_id"], "error": err, "config": run["config"],
-            "wall_time_s": time.perf_counter() - t0,
-            "traceback_tail": traceback.format_exc().splitlines()[-3:]})
-        return {"run_id": run["run_id"], "status": "error", "error": msg}
-    finally:  # a run killed by a signal keeps last.pt, so the next sweep resumes it
-        for pt in run_dir.glob("*.pt"):
-            pt.unlink(missing_ok=True)
-        (run_dir / "run.part.ipynb").unlink(missing_ok=True)
+        run_dir = checked_run_dir(out, run.get("run_id"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (DsrsdError, OSError) as e:
+        msg = f"cannot use run folder: {getattr(e, 'strerror', None) or e}"
+        return {"run_id": rid, "status": "error", "error": msg}
+    lock = FileLock(run_dir / RUN_LOCK)
+    try:
+        if not lock.acquire():
+            return {"run_id": rid, "status": "busy"}
+    except OSError as e:
+        return {"run_id": rid, "status": "error", "error": f"cannot lock the run: {e.strerror}"}
+    try:
+        if is_done(run_dir, run.get("hash")):
+            return {"run_id": rid, "status": "skipped"}
+        finished = False
+        try:
+            (run_dir / IN_PROGRESS).write_text(f"{os.getpid()}\n")
+            if run.get("error"):
+                raise DsrsdError(run["error"])
+            rec = _execute_notebook(run, out) if executor == "papermill" else execute_run(run, out)
+            (run_dir / "error.json").unlink(missing_ok=True)
+            finished = True
+            return {"run_id": rid, "status": "ok", "auc": rec["test"].get("auc"),
+                    "wall_time_s": rec["wall_time_s"]}
+        except Exception as e:  # recorded, never dropped
+            msg, err = _error_line(e)
+            _record_error(run_dir, run, err, t0, traceback.format_exc().splitlines()[-3:])
+            finished = True
+            return {"run_id": rid, "status": "error", "error": msg}
+        finally:  # a run killed by a signal keeps last.pt, so the next sweep resumes it
+            if finished:
+                for pt in run_dir.glob("*.pt"):
+                    pt.unlink(missing_ok=True)
+                (run_dir / "run.part.ipynb").unlink(missing_ok=True)
+                (run_dir / IN_PROGRESS).unlink(missing_ok=True)
+    finally:
+        lock.release()
 
 
 def _init_worker() -> None:
@@ -303,46 +478,168 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = True,
-          executor: str = "papermill") -> dict:
-    """Run (or skip) every run; return counts and the wall time. Writes ``out/sweep_log.json``."""
-    from tqdm.auto import tqdm
+def _worker(run: dict, out: str, executor: str, conn) -> None:
+    _init_worker()
+    conn.send(run_one(run, out, executor))
+    conn.close()
 
+
+def _worker_died(run: dict, out: str, exitcode: int | None, t0: float) -> dict:
+    """The status (and ``error.json``) of a run whose worker process died without answering."""
+    import signal
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"killed by signal {-exitcode}"
+    else:
+        how = f"exited with code {exitcode}"
+    msg = f"the worker process was {how} (out of memory?) before the run finished"
+    try:
+        from dsrsd.validate import run_dir as checked_run_dir
+        _record_error(checked_run_dir(out, run["run_id"]), run, f"WorkerDied: {msg}", t0, [])
+    except DsrsdError:
+        pass
+    return {"run_id": str(run.get("run_id")), "status": "error", "error": msg}
+
+
+def _run_parallel(todo: list[dict], out: str, jobs: int, executor: str, done) -> None:
+    """Each run in its own process, ``jobs`` at a time; a process that dies (OOM killer, a
+    signal) becomes that run's ``error.json`` and the others go on."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context()
+    pending, running = list(todo), {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                r = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_worker, args=(r, out, executor, send))
+                p.start()
+                send.close()
+                running[p.sentinel] = (p, recv, r, time.perf_counter())
+            for s in wait(list(running)):
+                p, recv, r, t0 = running.pop(s)
+                res = None
+                try:
+                    if recv.poll():
+                        res = recv.recv()
+                except (EOFError, OSError):
+                    res = None
+                p.join()
+                recv.close()
+                done(res if isinstance(res, dict) else _worker_died(r, out, p.exitcode, t0))
+    finally:  # interrupted: stop the workers (their last.pt stays for the next sweep)
+        for p, recv, _, _ in running.values():
+            p.terminate()
+            p.join()
+            recv.close()
+
+
+def _append_log(out: Path, entry: dict) -> None:
+    """Append to ``out/sweep_log.json`` under a lock; an unreadable log is moved aside."""
     from dsrsd.records import atomic_write_json
 
+    log = out / "sweep_log.json"
+    lock = FileLock(out / ".sweep_log.lock")
+    lock.acquire(blocking=True)
+    try:
+        sweeps: list = []
+        if log.exists():
+            try:
+                prev = json.loads(log.read_text())
+                if not (isinstance(prev, dict) and isinstance(prev.get("sweeps"), list)):
+                    raise ValueError("not {'sweeps': [...]}")
+                sweeps = prev["sweeps"]
+            except (OSError, ValueError) as e:
+                aside = log.with_name(f"sweep_log.corrupt-{int(time.time())}.json")
+                os.replace(log, aside)
+                print(f"warning: {log} was unreadable ({str(e).splitlines()[0][:80]}); moved to "
+                      f"{aside.name}, starting a new log", file=sys.stderr)
+        atomic_write_json(log, {"sweeps": [*sweeps, entry]})
+    finally:
+        lock.release()
+
+
+def _check_out(out: Path) -> None:
+    if str(out) == "":
+        raise DsrsdError("--out must not be empty")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DsrsdError(f"--out {str(out)!r} is a file, not a folder") from None
+    except OSError as e:
+        raise DsrsdError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DsrsdError(f"cannot write to --out {str(out)!r}: permission denied")
+
+
+def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = True,
+          executor: str = "papermill") -> dict:
+    """Run (or skip) every run; return counts and the wall time. Writes ``out/sweep_log.json``.
+
+    ``busy``: runs another sweep on the same ``out`` was running (left to it).
+    """
+    from tqdm.std import tqdm  # tqdm.auto warns in kernels without ipywidgets
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
+        raise DsrsdError(f"--jobs must be an integer in 1..256, got {jobs!r}")
+    if executor not in ("papermill", "direct"):
+        raise DsrsdError(f"unknown executor {executor!r} (papermill or direct)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in runs if not is_done(out / r["run_id"], r["hash"])]
-    skipped = len(runs) - len(todo)
+    _check_out(out)
+    todo = [r for r in runs if not is_done(out / str(r["run_id"]), r["hash"])]
     t0 = time.perf_counter()
-    results = []
+    results: list[dict] = []
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
-    if jobs <= 1:
-        for r in todo:
-            results.append(run_one(r, str(out), executor))
-            bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as ex:
-            futs = [ex.submit(run_one, r, str(out), executor) for r in todo]
-            for f in as_completed(futs):
-                results.append(f.result())
-                bar.update(1)
-    bar.close()
-    summary = {"n_runs": len(runs), "skipped": skipped,
+
+    def done(res: dict) -> None:
+        results.append(res)
+        bar.update(1)
+
+    try:
+        if jobs <= 1:
+            for r in todo:
+                done(run_one(r, str(out), executor))
+        else:
+            _run_parallel(todo, str(out), jobs, executor, done)
+    finally:
+        bar.close()
+    summary = {"n_runs": len(runs),
+               "skipped": len(runs) - len(todo) + sum(r["status"] == "skipped" for r in results),
                "ok": sum(r["status"] == "ok" for r in results),
+               "busy": [r["run_id"] for r in results if r["status"] == "busy"],
                "errors": [r for r in results if r["status"] == "error"],
                "wall_time_s": time.perf_counter() - t0, "jobs": jobs, "executor": executor}
     if todo:
-        log = out / "sweep_log.json"
-        prev = json.loads(log.read_text()) if log.exists() else []
-        atomic_write_json(log, {"sweeps": (prev.get("sweeps", []) if isinstance(prev, dict) else [])
-                                + [{**summary, "run_ids": [r["run_id"] for r in todo]}]})
+        _append_log(out, {**summary, "run_ids": [r["run_id"] for r in todo]})
     return summary
 
 
+def _positive(limit: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not 1 <= v <= limit:
+            raise argparse.ArgumentTypeError(f"must be in 1..{limit}, got {v}")
+        return v
+    return parse
+
+
 def run(a: argparse.Namespace) -> int:
+    from dsrsd.config import TrainConfig
+
     grid = load_grid(a.grid, a.preset)
+    TrainConfig(device=a.device)  # checks --device once, before any run
     if a.only_method:
+        unknown = sorted(set(a.only_method) - set(grid["methods"]))
+        if unknown:
+            raise DsrsdError(f"--only-method {', '.join(unknown)} matches no method of the grid "
+                             f"({', '.join(grid['methods'])})")
         grid["methods"] = [m for m in grid["methods"] if m in a.only_method]
     runs = expand(grid, epochs=a.epochs, quick=a.quick, device=a.device)
     if a.dry_run:
@@ -352,7 +649,8 @@ def run(a: argparse.Namespace) -> int:
     s = sweep(runs, a.out, jobs=a.jobs, progress=os.environ.get("TQDM_DISABLE") != "1",
               executor=a.executor)
     print(f"sweep: {s['n_runs']} runs, {s['skipped']} skipped (done), {s['ok']} ok, "
-          f"{len(s['errors'])} failed, wall {s['wall_time_s']:.1f}s -> {a.out}")
+          f"{len(s['errors'])} failed, {len(s['busy'])} busy in another sweep, "
+          f"wall {s['wall_time_s']:.1f}s -> {a.out}")
     for e in s["errors"]:
         print(f"  failed {e['run_id']}: {e['error']}")
     return 1 if s["errors"] else 0

@@ -10,9 +10,9 @@ runs, from ``error.json``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +64,48 @@ def record_row(rec: dict, run_id: str = "") -> dict:
     return row
 
 
+def _read_json(f: Path) -> object:
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DsrsdError(f"cannot read {f}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:
+        raise DsrsdError(f"bad record {f}: not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+def _check_record(rec: object, f: Path) -> dict:
+    """The fields a table needs, with their types; anything else is a one-line error."""
+    if not isinstance(rec, dict):
+        raise DsrsdError(f"bad record {f}: not a JSON object")
+    for key, kind in (("method", str), ("dataset", str), ("config", dict)):
+        if not isinstance(rec.get(key), kind):
+            raise DsrsdError(f"bad record {f}: {key!r} missing or not a {kind.__name__}")
+    cfg = rec["config"]
+    for key in ("data_params", "method_params"):
+        if not isinstance(cfg.get(key, {}), dict):
+            raise DsrsdError(f"bad record {f}: config {key!r} is not an object")
+    for key in ("test", "val", "robustness"):
+        if not isinstance(rec.get(key) or {}, dict):
+            raise DsrsdError(f"bad record {f}: {key!r} is not an object")
+    rob = rec.get("robustness") or {}
+    if not isinstance(rob.get("drop_rate", {}), dict) or not isinstance(
+            rob.get("drop_modality", {}), dict) or not all(
+            isinstance(v, dict) and "auc" in v for v in rob.get("drop_modality", {}).values()):
+        raise DsrsdError(f"bad record {f}: malformed 'robustness'")
+    for key in ("variant", "setting"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise DsrsdError(f"bad record {f}: {key!r} is not a string")
+    return rec
+
+
 def load_records(runs_dir: str | Path = "results/runs") -> pd.DataFrame:
     """One row per ``*/metrics.json`` under ``runs_dir`` (sorted by run id)."""
     runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise DsrsdError(f"no folder of run records at {str(runs_dir)!r}")
     rows = []
     for f in sorted(runs_dir.glob("*/metrics.json")):
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DsrsdError(f"bad record {f}: {e}") from None
-        rows.append(record_row(rec, f.parent.name))
+        rows.append(record_row(_check_record(_read_json(f), f), f.parent.name))
     if not rows:
         return pd.DataFrame(columns=ID_COLS + ["test_auc", "wall_time_s"])
     return pd.DataFrame(rows).sort_values("run_id").reset_index(drop=True)
@@ -85,8 +117,10 @@ def load_errors(runs_dir: str | Path = "results/runs") -> pd.DataFrame:
     for f in sorted(Path(runs_dir).glob("*/error.json")):
         if (f.parent / "metrics.json").exists():
             continue
-        e = json.loads(f.read_text())
-        rows.append({"run_id": f.parent.name, "error": e.get("error", "")})
+        e = _read_json(f)
+        if not isinstance(e, dict):
+            raise DsrsdError(f"bad error record {f}: not a JSON object")
+        rows.append({"run_id": f.parent.name, "error": str(e.get("error", ""))})
     return pd.DataFrame(rows, columns=["run_id", "error"])
 
 
@@ -170,24 +204,41 @@ def robustness(df: pd.DataFrame) -> pd.DataFrame:
 def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "results") -> dict:
     """Write records / summary / significance / errors CSVs; return the frames."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     df = load_records(runs_dir)
+    if df.empty and not any(Path(runs_dir).glob("*/error.json")):
+        # never overwrite result tables with empty ones because of a wrong --runs
+        raise DsrsdError(f"no run records (*/metrics.json) under {str(runs_dir)!r}")
     # DSRSD-Net with the default weights, and with papers.md's (when the records hold it)
     refs = [r for r in REFS if not df.empty and r in set(df["variant"])] or [REFS[0]]
     sig = pd.concat([significance(df, ref=r) for r in refs], ignore_index=True)
     frames = {"records": df, "summary": summary(df), "significance": sig,
               "robustness": robustness(df), "errors": load_errors(runs_dir)}
-    for name, f in frames.items():
-        f.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    from dsrsd.records import atomic_write_bytes
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DsrsdError(f"cannot write tables to {str(out)!r}: {e.strerror or e}") from None
+    for name, f in frames.items():  # each file whole or not at all
+        atomic_write_bytes(out / f"{name}.csv",
+                           f.to_csv(index=False, float_format="%.6g").encode("utf-8"))
     return frames
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsrsd.tables", description=__doc__.splitlines()[0])
+    from dsrsd.cli import OneLineParser
+    p = OneLineParser(prog="python -m dsrsd.tables", description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="results/runs")
     p.add_argument("--out", default="results")
     a = p.parse_args(argv)
-    fr = write_tables(a.runs, a.out)
+    try:
+        fr = write_tables(a.runs, a.out)
+    except DsrsdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from dsrsd.cli import os_error
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
     print(fr["summary"].to_string(index=False))
     print(fr["significance"].to_string(index=False))
     return 0

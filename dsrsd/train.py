@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # the text bar: tqdm.auto warns in kernels without ipywidgets
 
 from dsrsd.base import drop_modalities
 from dsrsd.config import WARMUP_TERMS, TrainConfig
@@ -87,6 +87,9 @@ def evaluate(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
              device: torch.device | None = None, amp: bool = True) -> dict[str, float]:
     """Protocol metrics of ``model`` on ``data``."""
     y, p = predict(model, data, batch_size, device, amp)
+    if not np.isfinite(p).all():
+        raise DsrsdError(f"the model's predictions on {data.name!r} are not finite (training "
+                         "diverged: lower --lr or the loss weights)")
     return multiclass_metrics(y, p) if data.task.kind == "multiclass" else binary_metrics(y, p)
 
 
@@ -138,8 +141,9 @@ def _check_out(out: Path) -> None:
         raise DsrsdError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely (``weights_only=True``); a bad file is a clear error."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """Load a checkpoint safely (``weights_only=True``); a bad file, or one without ``keys``, is
+    a clear error."""
     path = Path(path)
     if not path.exists():
         raise DsrsdError(f"checkpoint {str(path)!r} does not exist")
@@ -151,7 +155,15 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise DsrsdError(f"checkpoint {str(path)!r} is not a dsrsd checkpoint (format "
                          f"{CHECKPOINT_FORMAT})")
+    missing = [k for k in keys if k not in ck]
+    if missing:
+        raise DsrsdError(f"checkpoint {str(path)!r} is incomplete (missing {', '.join(missing)})")
     return ck
+
+
+# What a resumable ``last.pt`` holds (``best.pt``: format, config_hash, model, epoch).
+RESUME_KEYS = ("config_hash", "model", "optimizer", "rng", "history", "best", "bad_epochs",
+               "epoch")
 
 
 def _dist_info() -> tuple[int, int]:
@@ -252,13 +264,24 @@ def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, wor
     best = {"score": -math.inf, "epoch": -1, "state": None}
     bad_epochs, start = 0, 0
     if resume and out is not None and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt")
+        ck = load_checkpoint(out / "last.pt", RESUME_KEYS)
         if ck["config_hash"] != cfg.hash():
             raise DsrsdError(f"--resume: {out / 'last.pt'} was written by a different config")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"])
-        history, best, bad_epochs, start = ck["history"], ck["best"], ck["bad_epochs"], ck["epoch"] + 1
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            torch.set_rng_state(ck["rng"])
+            history, best = list(ck["history"]), dict(ck["best"])
+            bad_epochs, start = int(ck["bad_epochs"]), int(ck["epoch"]) + 1
+            if not {"score", "epoch", "state"} <= set(best):
+                raise KeyError("best")
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise DsrsdError(f"--resume: {out / 'last.pt'} does not fit this model "
+                             f"({type(e).__name__})") from None
+        if bad_epochs >= cfg.patience:
+            # Early stopping had fired at the saved epoch: the run is over, only its record
+            # was not written yet. Training on would give a different (wrong) result.
+            start = cfg.epochs
     warm = {t: cfg.warmup_epochs for t in WARMUP_TERMS}
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method}", disable=not progress or rank > 0,
                initial=start, total=cfg.epochs, leave=False)
@@ -301,6 +324,9 @@ def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, wor
                 sums[k] = sums.get(k, 0.0) + v
             n_steps += 1
         row = {"epoch": epoch, **{k: float(v) / max(n_steps, 1) for k, v in sums.items()}}
+        if not math.isfinite(row.get("total", 0.0)):
+            raise DsrsdError(f"training diverged in epoch {epoch}: the loss is {row['total']} "
+                             f"(lower --lr or the loss weights)")
         row["val_auc"] = evaluate(model, val, device=device, amp=cfg.amp)["auc"]
         history.append(row)
         score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["task"]

@@ -283,10 +283,21 @@ def prepare_assist2009(source: str | Path | None = None, data_dir: str | Path | 
 
 
 def _load_parts(root: Path, fold: int) -> tuple[dict, list[str]]:
-    with np.load(root / "parts.npz") as z:
-        parts = {p: {k: z[f"{p}{fold}/{k}"] for k in ("user", "offsets", "problem", "skill", "resp")}
-                 for p in PARTS}
-    return parts, json.loads((root / "skills.json").read_text())
+    """One fold's parts from the cache; never unpickles (``allow_pickle=False``)."""
+    import zipfile
+    try:
+        with np.load(root / "parts.npz", allow_pickle=False) as z:
+            parts = {p: {k: z[f"{p}{fold}/{k}"]
+                         for k in ("user", "offsets", "problem", "skill", "resp")}
+                     for p in PARTS}
+        names = json.loads((root / "skills.json").read_text())
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("skills.json")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise DsrsdError(f"the prepared ASSISTments cache under {root} is unreadable "
+                         f"({type(e).__name__}): rebuild it with python "
+                         "data_scripts/get_assistments.py --force") from None
+    return parts, names
 
 
 # -------------------------------------------------------------------------------- features
@@ -480,6 +491,18 @@ def _to_splits(built: dict, text_dim: int) -> Splits:
     return Splits(parts["train"], parts["val"], parts["test"], built["info"])
 
 
+def check_params(fold: int, max_len: int, text_dim: int) -> None:
+    """Range checks of :func:`load_assist2009`'s parameters."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 1 <= fold <= 5:
+        raise DsrsdError(f"fold must be an integer in 1..5, got {fold!r}")
+    if (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
+            or not 2 <= max_len <= 100_000):
+        raise DsrsdError(f"max_len must be an integer in 2..100000, got {max_len!r}")
+    if (isinstance(text_dim, bool) or not isinstance(text_dim, (int, np.integer))
+            or not 1 <= text_dim <= 4096):
+        raise DsrsdError(f"text_dim must be an integer in 1..4096, got {text_dim!r}")
+
+
 def load_assist2009(data_dir: str | Path | None = None, fold: int = 1, max_len: int = 200,
                     source: str | Path | None = None, text_dim: int = 32) -> Splits:
     """ASSISTments 2009 fold ``fold`` (1..5: train_k / valid_k / test_k) as per-step Splits.
@@ -497,12 +520,7 @@ def load_assist2009(data_dir: str | Path | None = None, fold: int = 1, max_len: 
     ``y`` float ``[N, T]``; ``y_mask`` marks scored steps. ``extras``: user_id, window, target
     problem ``[N, T]`` and target skills ``[N, T, K]``.
     """
-    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 1 <= fold <= 5:
-        raise DsrsdError(f"fold must be an integer in 1..5, got {fold!r}")
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 2:
-        raise DsrsdError(f"max_len must be an integer >= 2, got {max_len!r}")
-    if isinstance(text_dim, bool) or not isinstance(text_dim, (int, np.integer)) or text_dim < 1:
-        raise DsrsdError(f"text_dim must be a positive integer, got {text_dim!r}")
+    check_params(fold, max_len, text_dim)
     root = _root(data_dir)
     if source is not None:
         prepare_assist2009(source, data_dir, log=lambda s: None)

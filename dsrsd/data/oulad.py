@@ -4,8 +4,9 @@ Two stages:
 
 * :func:`prepare_oulad` reads the official ``anonymisedData.zip`` (or a folder of its 7 CSVs),
   validates columns, types, references and row counts (never a byte checksum; ``""`` and ``"?"``
-  are missing values) and writes a compact cache under ``<data_dir>/oulad/`` (pickled pandas for the
-  small tables, an ``.npz`` for the 10.6M click rows).
+  are missing values) and writes a compact cache under ``<data_dir>/oulad/``: plain arrays only
+  (``tables.npz`` for the small tables, ``student_vle.npz`` for the 10.6M click rows), read with
+  ``allow_pickle=False``, so a planted cache file can never run code.
 * :func:`load_oulad` turns the cache into :class:`~dsrsd.data.batch.Splits` for one cutoff.
 
 Leakage rules (protocol A): the cutoff ``c = cutoff * module_presentation_length`` is applied to
@@ -23,7 +24,6 @@ assessment due before ``c`` (its tensor is then all zeros and its padding mask a
 from __future__ import annotations
 
 import json
-import pickle
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -39,7 +39,7 @@ from dsrsd.data.paths import atomic_dir, cached_torch, data_dir, download, read_
 from dsrsd.errors import DsrsdError
 
 URL = "https://analyse.kmi.open.ac.uk/open_dataset/download"
-FORMAT = 1  # bump when the prepared cache layout changes
+FORMAT = 2  # bump when the prepared cache layout changes (2: npz tables, no pickle)
 TENSOR_FORMAT = 1  # bump when the built features change
 
 OULAD_ROWS = {
@@ -302,7 +302,9 @@ def oulad_cache_ok(data_dir_arg: str | Path | None = None,
     m = read_json(root / "manifest.json")
     if not m or m.get("format") != FORMAT:
         return False
-    if not all((root / f).is_file() for f in ("tables.pkl", "student_vle.npz")):
+    if not all((root / f).is_file() for f in ("tables.npz", "student_vle.npz")):
+        return False
+    if not isinstance(m.get("rows"), dict) or not isinstance(m.get("tables"), dict):
         return False
     return expected_rows is None or all(m["rows"].get(t) == n for t, n in expected_rows.items())
 
@@ -331,22 +333,49 @@ def prepare_oulad(source: str | Path | None = None, data_dir: str | Path | None 
     log(f"OULAD: reading {source}")
     tables, vle = _read_all(_Source(source), expected_rows)
     with atomic_dir(root) as tmp:
-        with open(tmp / "tables.pkl", "wb") as f:
-            pickle.dump(tables, f, protocol=5)
+        np.savez(tmp / "tables.npz", **_tables_to_arrays(tables))
         np.savez(tmp / "student_vle.npz", **vle["arrays"])
         manifest = {"format": FORMAT, "rows": vle["rows"], "source": str(source),
+                    "tables": {t: list(df.columns) for t, df in tables.items()},
                     "prepared": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     log(f"OULAD: prepared {root} ({vle['rows']['studentVle']:,} click rows)")
     return root
 
 
+def _tables_to_arrays(tables: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
+    """``{"table/column": array}``; text columns become fixed-width unicode (no objects)."""
+    out = {}
+    for t, df in tables.items():
+        for c in df.columns:
+            v = df[c].to_numpy()
+            out[f"{t}/{c}"] = v.astype(str) if v.dtype == object else v
+    return out
+
+
 def _load_cache(root: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    with open(root / "tables.pkl", "rb") as f:
-        tables = pickle.load(f)
-    with np.load(root / "student_vle.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+    """The prepared tables and click arrays; never unpickles (``allow_pickle=False``)."""
+    try:
+        columns = read_json(root / "manifest.json")["tables"]
+        tables = {}
+        with np.load(root / "tables.npz", allow_pickle=False) as z:
+            for t, cols in columns.items():
+                tables[t] = pd.DataFrame({c: _column(z[f"{t}/{c}"]) for c in cols})
+        with np.load(root / "student_vle.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        missing = {"pres", "id_student", "type", "date", "sum_click"} - set(arrays)
+        if missing or set(tables) != {"courses", "assessments", "vle", "info", "registration",
+                                      "student_assessment"}:
+            raise KeyError(", ".join(sorted(missing)) or "tables")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise DsrsdError(f"the prepared OULAD cache under {root} is unreadable "
+                         f"({type(e).__name__}): rebuild it with python data_scripts/get_oulad.py "
+                         "--force") from None
     return tables, arrays
+
+
+def _column(a: np.ndarray) -> np.ndarray:
+    return a.astype(object) if a.dtype.kind == "U" else a
 
 
 # -------------------------------------------------------------------------------- features

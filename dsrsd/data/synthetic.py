@@ -49,8 +49,30 @@ class SyntheticConfig:
             if len(getattr(self, name)) != m:
                 raise DsrsdError(f"synthetic: {name} has {len(getattr(self, name))} entries, "
                                  f"kinds has {m}")
-        if self.n < 20:
-            raise DsrsdError(f"synthetic: n must be >= 20, got {self.n}")
+        if not 20 <= self.n <= 10_000_000:
+            raise DsrsdError(f"synthetic: n must be in 20..10000000, got {self.n}")
+        for name in ("seq_len", "n_shared", "n_private"):
+            if not 1 <= getattr(self, name) <= 100_000:
+                raise DsrsdError(f"synthetic: {name} must be in 1..100000, got "
+                                 f"{getattr(self, name)}")
+        if any(k not in ("tabular", "sequence") for k in self.kinds):
+            raise DsrsdError(f"synthetic: kinds must be 'tabular' or 'sequence', got {self.kinds}")
+        if any(not 0 <= v <= 100_000 for v in (*self.dims, *self.nuisance)):
+            raise DsrsdError(f"synthetic: dims and nuisance must be in 0..100000, got "
+                             f"{self.dims}, {self.nuisance}")
+        for name in ("noise", "nuisance_scale", "label_noise"):
+            if getattr(self, name) < 0:
+                raise DsrsdError(f"synthetic: {name} must be >= 0, got {getattr(self, name)}")
+        if any(s <= 0 for s in self.scales):
+            raise DsrsdError(f"synthetic: scales must be positive, got {self.scales}")
+        if len(self.split) != 2 or min(self.split) <= 0 or sum(self.split) >= 1:
+            raise DsrsdError(f"synthetic: split must be two positive fractions (train, val) "
+                             f"summing to less than 1, got {self.split}")
+        if self.label_private is not None and any(not 0 <= i < m for i in self.label_private):
+            raise DsrsdError(f"synthetic: label_private must name modalities 0..{m - 1}, got "
+                             f"{self.label_private}")
+        if not 0 <= self.seed < 2**63:
+            raise DsrsdError(f"synthetic: seed must be in 0..2**63-1, got {self.seed}")
         if not 0.0 <= self.missing_rate < 1.0:
             raise DsrsdError(f"synthetic: missing_rate must be in [0, 1), got {self.missing_rate}")
         if any(d <= 0 for d in self.dims):
