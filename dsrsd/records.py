@@ -60,13 +60,12 @@ def atomic_write_json(path: Path, obj: dict) -> None:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` through a temp file + rename: a kill mid-write leaves the old file intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through a temp file + rename: a kill mid-write leaves the old file intact.
+
+    Serialised in memory first, so a full disk is an ``OSError`` naming the file (torch's own
+    writer reports it as an opaque RuntimeError).
+    """
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -588,6 +588,8 @@ def sweep(runs: list[dict], out: str | Path, jobs: int = 1, progress: bool = Tru
         raise DsrsdError(f"--jobs must be an integer in 1..256, got {jobs!r}")
     if executor not in ("papermill", "direct"):
         raise DsrsdError(f"unknown executor {executor!r} (papermill or direct)")
+    if str(out) == "":  # Path("") would be the working directory
+        raise DsrsdError("--out must not be empty")
     out = Path(out)
     _check_out(out)
     todo = [r for r in runs if not is_done(out / str(r["run_id"]), r["hash"])]

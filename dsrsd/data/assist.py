@@ -290,6 +290,9 @@ def _load_parts(root: Path, fold: int) -> tuple[dict, list[str]]:
             parts = {p: {k: z[f"{p}{fold}/{k}"]
                          for k in ("user", "offsets", "problem", "skill", "resp")}
                      for p in PARTS}
+        if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biu"
+                   for part in parts.values() for a in part.values()):
+            raise ValueError("parts.npz holds something other than integer arrays")
         names = json.loads((root / "skills.json").read_text())
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("skills.json")

@@ -362,7 +362,7 @@ def _load_cache(root: Path) -> tuple[dict, dict[str, np.ndarray]]:
             for t, cols in columns.items():
                 tables[t] = pd.DataFrame({c: _column(z[f"{t}/{c}"]) for c in cols})
         with np.load(root / "student_vle.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: _column(z[k]) for k in z.files}
         missing = {"pres", "id_student", "type", "date", "sum_click"} - set(arrays)
         if missing or set(tables) != {"courses", "assessments", "vle", "info", "registration",
                                       "student_assessment"}:
@@ -374,7 +374,9 @@ def _load_cache(root: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return tables, arrays
 
 
-def _column(a: np.ndarray) -> np.ndarray:
+def _column(a: object) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "biufU":
+        raise ValueError("not a plain 1-d array")  # e.g. a non-.npy member comes back as bytes
     return a.astype(object) if a.dtype.kind == "U" else a
 
 
