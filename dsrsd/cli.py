@@ -31,12 +31,12 @@ def _kv(items: list[str] | None, flag: str) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise DsrsdError(f"{flag} expects KEY=VALUE, got {item!r}")
+            raise DsrsdError(f"{flag} expects KEY=VALUE, got {item[:60]!r}")
         key, value = item.split("=", 1)
         if not key:
-            raise DsrsdError(f"{flag} expects KEY=VALUE, got an empty key in {item!r}")
+            raise DsrsdError(f"{flag} expects KEY=VALUE, got an empty key in {item[:60]!r}")
         if key in out:
-            raise DsrsdError(f"{flag} sets {key!r} twice")
+            raise DsrsdError(f"{flag} sets {key[:60]!r} twice")
         try:
             out[key] = json.loads(value)
         except (json.JSONDecodeError, RecursionError):

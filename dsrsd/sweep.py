@@ -2,12 +2,21 @@
 
 A grid expands methods x datasets x seeds (x folds) into runs; each run calls
 :func:`dsrsd.train.fit` and writes ``<out>/<run_id>/metrics.json`` (the record, with provenance).
-``run_id`` is readable plus the config hash (``oulad-dsrsd-s0-<hash>``).
+``run_id`` is readable plus the config hash (``oulad-dsrsd-s0-<hash>``), built only from
+checked names (letters, digits, ``._+=-``; at most 64 characters each), integers and the hash;
+the run folder is always a direct child of ``--out``.
 
-* Resumable: a run whose ``metrics.json`` exists with the same ``config_hash`` is skipped; a
-  run killed mid-way continues from its ``last.pt``.
-* Failures are never dropped: the run's folder gets ``error.json`` with the one-line error.
-* ``--jobs N`` runs N at a time in processes (one torch thread each).
+* The grid is checked before any run (unknown keys, wrong types, unsafe names: exit 2); config,
+  dataset and method parameters through :mod:`dsrsd.validate`, like the CLI and the chapters.
+* Resumable: a run whose ``metrics.json`` exists with the same ``config_hash`` and no
+  ``.in_progress`` marker is skipped; a run killed mid-way (even after its record was written,
+  e.g. while papermill was finishing) is redone, continuing from its ``last.pt``.
+* Failures are never dropped: the run's folder gets ``error.json`` with the one-line error,
+  also when its worker process is killed (the OOM killer): the other runs go on.
+* ``--jobs N`` runs N at a time, each run in its own process (one torch thread each).
+* Concurrent sweeps on one ``--out`` share the work: a run is locked (``flock`` on
+  ``<run>/.lock``, released when its process ends, however it ends) while in progress, and a
+  second sweep reports it ``busy``; the ``sweep_log.json`` append is locked too.
 * Checkpoints (``*.pt``) are deleted after each run; only the small JSON record stays.
 
 Grid JSON (every key but ``methods`` and ``datasets`` optional)::
@@ -20,7 +29,6 @@ Grid JSON (every key but ``methods`` and ``datasets`` optional)::
 
 ``max_train`` (dataset level) trains on a seeded random subsample of that many training samples
 (validation and test stay whole); it is kept in the record's ``data_params`` and so in its hash.
-Follow-up: executing chapters per configuration through papermill is not done here.
 """
 
 from __future__ import annotations
@@ -479,6 +487,10 @@ def _init_worker() -> None:
 
 
 def _worker(run: dict, out: str, executor: str, conn) -> None:
+    import signal
+    # Ctrl-C reaches the whole process group: the sweep reports it once; a worker just stops
+    # (keeping last.pt and the in-progress marker, so the next sweep resumes the run).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     _init_worker()
     conn.send(run_one(run, out, executor))
     conn.close()

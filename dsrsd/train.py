@@ -241,7 +241,14 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
               "n_params": count_parameters(model), "world_size": world}
 
     if hasattr(model, "fit_direct"):  # non-neural or own-protocol methods
-        model.fit_direct(splits, cfg, device)
+        try:
+            model.fit_direct(splits, cfg, device)
+        except DsrsdError:
+            raise
+        except ValueError as e:  # e.g. scikit-learn refusing a parameter value
+            msg = (str(e).splitlines() or [""])[0][:200]
+            raise DsrsdError(f"method {cfg.method!r} cannot be fitted with parameters "
+                             f"{cfg.method_params} ({type(e).__name__}: {msg})") from None
         history, epochs_run, best_epoch = [], 0, -1
     else:
         history, epochs_run, best_epoch = _train_loop(model, cfg, train, val, device, out,

@@ -15,9 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIRED = {"method", "dataset", "config", "config_hash", "seed", "test", "val", "epochs_run",
             "wall_time_s", "device", "torch", "git_commit", "date", "n_params", "history"}
 
-GRID = {"methods": ["dsrsd", "early", "no_such_method"],
+# "broken" passes the edge checks (a string modality) and fails inside the run notebook
+GRID = {"methods": ["dsrsd", "early", "broken"],
         "datasets": [{"name": "synthetic", "data_params": {"n": 240}, "seeds": [0]}],
-        "config": {"epochs": 2, "d": 8, "batch_size": 64, "device": "cpu"}}
+        "config": {"epochs": 2, "d": 8, "batch_size": 64, "device": "cpu"},
+        "variants": {"broken": {"method": "unimodal", "method_params": {"modality": "nope"}}}}
 REQUIRED |= {"variant", "setting", "run_id", "robustness"}
 
 
@@ -45,15 +47,23 @@ def test_records_have_provenance(swept):
         assert set(rec["robustness"]["drop_rate"]) == {"0.1", "0.2", "0.3", "0.4", "0.5"}
 
 
-def test_failure_is_recorded_not_dropped(swept):
+def test_failure_is_recorded_not_dropped(swept, tmp_path):
     out, runs, first = swept
-    bad = [r for r in runs if r["config"]["method"] == "no_such_method"][0]
+    bad = [r for r in runs if r["variant"] == "broken"][0]
     err = json.loads((out / bad["run_id"] / "error.json").read_text())
-    assert "no_such_method" in err["error"] and "\n" not in err["error"]
-    assert err["error"].startswith("DsrsdError: unknown method"), err["error"]
+    assert "nope" in err["error"] and "\n" not in err["error"]
+    assert err["error"].startswith("DsrsdError: unknown modality"), err["error"]
     # the failed notebook is kept too: it shows the cell that raised
-    assert "no_such_method" in (out / bad["run_id"] / "run.ipynb").read_text()
+    assert "unknown modality" in (out / bad["run_id"] / "run.ipynb").read_text()
     assert [e["run_id"] for e in first["errors"]] == [bad["run_id"]]
+    # a run the edge refuses (unknown method) is recorded too, without running anything
+    grid = {**GRID, "methods": ["no_such_method"], "variants": {}}
+    refused = sw.expand(grid)
+    assert refused[0]["run_id"].endswith("-invalid") and "unknown method" in refused[0]["error"]
+    status = sw.run_one(refused[0], str(tmp_path))
+    assert status["status"] == "error"
+    err = json.loads((tmp_path / refused[0]["run_id"] / "error.json").read_text())
+    assert err["error"].startswith("DsrsdError: unknown method"), err["error"]
 
 
 def test_second_invocation_skips(swept):
