@@ -264,3 +264,50 @@ def test_machine_path_pattern():
     for fine in ('out = "../results/runs"', "<td>0.5</td>", "https://example.org/work/x",
                  "notebooks/run.ipynb"):
         assert not MACHINE_PATH.search(fine), fine
+
+
+# ------------------------------------------------------------------------------ chapter shape
+BOOK_CHAPTERS = [p for p in CHAPTERS if p.name != "run.ipynb"]  # run.ipynb documents one run
+
+
+def _headings(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return [line.strip() for c in nb.cells if c.cell_type == "markdown"
+            for line in c.source.splitlines() if line.startswith("## ")]
+
+
+def test_every_chapter_ends_with_a_summary_and_exercises():
+    problems = []
+    for path in BOOK_CHAPTERS:
+        heads = _headings(path)
+        if "## Summary" not in heads:
+            problems.append(f"{path.name}: no '## Summary' section")
+        if not heads or heads[-1] != "## Exercises":
+            problems.append(f"{path.name}: the last section must be '## Exercises'")
+            continue
+        nb = nbformat.read(path, as_version=4)
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        exercises = text.split("## Exercises", 1)[1]
+        n = len(re.findall(r"^\s*\d+\.\s", exercises, re.M))
+        if not 3 <= n <= 6:
+            problems.append(f"{path.name}: {n} numbered exercises (want 3 to 5)")
+    assert not problems, "\n".join(problems)
+
+
+def test_summaries_state_findings_with_glued_numbers():
+    """A summary states what the chapter found, with numbers computed by the chapter (glued)."""
+    problems = []
+    for path in BOOK_CHAPTERS:
+        nb = nbformat.read(path, as_version=4)
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        if "## Summary" not in text:
+            continue  # reported by the test above
+        summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+        used = set(re.findall(r"\{glue(?::\w+)?\}`([\w.-]+)", summary))
+        glued = {o.get("metadata", {}).get("scrapbook", {}).get("name")
+                 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])}
+        if not used:
+            problems.append(f"{path.name}: the summary glues no number")
+        if used - glued:
+            problems.append(f"{path.name}: glue keys used but never glued: {sorted(used - glued)}")
+    assert not problems, "\n".join(problems)
