@@ -43,3 +43,32 @@ def offdiag_mass(x: np.ndarray) -> float:
     c = np.nan_to_num(c)
     off = (c ** 2).sum() - (np.diag(c) ** 2).sum()
     return float(off / (c ** 2).sum())
+
+
+def retrieval_hits(z: list[np.ndarray]) -> np.ndarray:
+    """Per-query top-1 cross-modal retrieval hit rate [N], averaged over ordered modality pairs.
+
+    Query ``i`` of modality ``a`` hits when its nearest (cosine) row of modality ``b`` is row ``i``;
+    the mean of the result is the top-1 retrieval accuracy, its spread gives a standard error."""
+    from itertools import permutations
+
+    unit = [v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-8) for v in z]
+    hits = [np.argmax(unit[a] @ unit[b].T, axis=1) == np.arange(len(unit[a]))
+            for a, b in permutations(range(len(unit)), 2)]
+    return np.mean(hits, axis=0)
+
+
+@torch.no_grad()
+def fusion_weights(model, data: MultimodalData, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample modality weights ``alpha`` [N, M] and mean feature gate ``g`` [N] of a fusion
+    model that reports them in ``Output.info`` (DSRSD-Net), in eval mode."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    alphas, gates = [], []
+    for batch in data.batches(batch_size):
+        info = model(batch.to(device)).info
+        alphas.append(info["alpha"].float().cpu())
+        gates.append(info["gate"].float().cpu())
+    model.train(was)
+    return torch.cat(alphas).numpy(), torch.cat(gates).numpy()

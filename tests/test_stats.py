@@ -90,3 +90,29 @@ def test_effective_rank_of_isotropic_and_collapsed_data():
     assert stats.effective_rank(iso) == pytest.approx(8, rel=0.01)
     line = rng.normal(size=(500, 1)) @ rng.normal(size=(1, 8))
     assert stats.effective_rank(line) == pytest.approx(1, abs=1e-6)
+
+
+def test_retrieval_hits_perfect_and_chance():
+    from dsrsd.probes import retrieval_hits
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 8))
+    assert retrieval_hits([a, 2 * a, a + 1e-6]).tolist() == [1.0] * 50  # same directions
+    shuffled = retrieval_hits([a, a[rng.permutation(50)]])
+    assert shuffled.shape == (50,) and shuffled.mean() < 0.2
+
+
+def test_fusion_weights_are_a_distribution_over_present_modalities():
+    from dsrsd.config import TrainConfig
+    from dsrsd.data.synthetic import load_synthetic
+    from dsrsd.probes import fusion_weights
+    from dsrsd.train import fit
+
+    splits = load_synthetic("default", n=200, seed=0)
+    rec = fit(TrainConfig(method="dsrsd", epochs=1, seed=0, d=16), splits=splits, progress=False)
+    rec["model"].train()
+    alpha, gate = fusion_weights(rec["model"], splits.test)
+    assert rec["model"].training  # the caller's mode is restored
+    assert alpha.shape == (len(splits.test), len(splits.test.names)) and gate.shape == (len(splits.test),)
+    np.testing.assert_allclose(alpha.sum(1), 1.0, atol=1e-5)
+    assert ((gate > 0) & (gate < 1)).all()
