@@ -6,6 +6,7 @@ Every user error is a one-line ``error: ...`` on stderr and exit code 2, never a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -115,6 +116,33 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         sweep_mod = None
     a = parser.parse_args(argv)
+    with _sigterm_as_interrupt():
+        return _dispatch(parser, a, sweep_mod)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so writes are abandoned cleanly and workers are stopped."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _dispatch(parser: argparse.ArgumentParser, a: argparse.Namespace, sweep_mod) -> int:
     try:
         if a.command == "train":
             return _train(a)
@@ -124,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except DsrsdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

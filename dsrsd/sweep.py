@@ -491,6 +491,7 @@ def _worker(run: dict, out: str, executor: str, conn) -> None:
     # Ctrl-C reaches the whole process group: the sweep reports it once; a worker just stops
     # (keeping last.pt and the in-progress marker, so the next sweep resumes the run).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _init_worker()
     conn.send(run_one(run, out, executor))
     conn.close()

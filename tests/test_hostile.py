@@ -569,20 +569,47 @@ def test_papermill_kill_after_record_is_redone(tmp_path, capsys):
     assert left == ["metrics.json", "run.ipynb"], left
 
 
-def test_sigint_during_train_is_one_line_and_resumable(tmp_path, capsys):
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"),
+                                            (signal.SIGTERM, 143, "terminated")])
+def test_signal_during_train_is_one_line_and_resumable(tmp_path, capsys, sig, code, word):
     out = tmp_path / "o"
     args = ["train", "--epochs", "20", "--patience", "20", "--out", str(out), *TINY[2:],
             "--data", "n=1500"]
     proc = subprocess.Popen([PY, "-m", "dsrsd", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wait_for(lambda: (out / "last.pt").exists()), "no checkpoint"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal landed")
-    assert proc.returncode == 130 and err.strip() == "error: interrupted", err[-2000:]
+    assert proc.returncode == code and err.strip() == f"error: {word}", err[-2000:]
+    assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp"))
     r = main_in_process(capsys, *args, "--resume")
     assert r.returncode == 0, r.stderr
+
+
+def test_ctrl_c_on_a_parallel_sweep_is_one_line(tmp_path):
+    from dsrsd import sweep as sw
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([PY, "-m", "dsrsd", "sweep", "--grid", grid_file(tmp_path, SLOW_GRID),
+                             "--out", str(out), "--executor", "direct", "--jobs", "2"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert _wait_for(lambda: len(list(out.glob(f"*/{sw.RUN_LOCK}"))) == 2), "runs never started"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "error: interrupted", err[-2000:]
+
+
+    def all_free() -> bool:  # no worker still holds a run (a lock file may stay, unlocked)
+        for f in out.glob(f"*/{sw.RUN_LOCK}"):
+            lock = sw.FileLock(f)
+            if not lock.acquire():
+                return False
+            lock.release()
+        return True
+
+    assert _wait_for(all_free, 30), "a worker outlived the interrupted sweep"
 
 
 # ------------------------------------------------------------------------------ dsrsd.tables
