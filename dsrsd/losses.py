@@ -33,6 +33,64 @@ def info_nce(za: Tensor, zb: Tensor, temperature: float = 0.07) -> Tensor:
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def dense_groups(groups: Tensor | None, n: int, device: torch.device | None = None) -> Tensor:
+    """Group ids as ``0..G-1`` (sorted order of the given ids); ``None``: every row its own group."""
+    if groups is None:
+        return torch.arange(n, device=device)
+    return torch.unique(groups, return_inverse=True)[1]
+
+
+def pool_groups(x: Tensor, groups: Tensor) -> Tensor:
+    """Mean of ``x``'s rows per group (``groups`` dense ids ``0..G-1``): ``[G, k]``."""
+    g = int(groups.max()) + 1 if groups.numel() else 0
+    sums = x.new_zeros((g, *x.shape[1:])).index_add(0, groups, x)
+    counts = torch.bincount(groups, minlength=g).clamp_min(1).to(x.dtype)
+    return sums / counts.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def info_nce_masked(za: Tensor, zb: Tensor, temperature: float = 0.07,
+                    keys: list[Tensor] | tuple[Tensor, ...] = ()) -> Tensor:
+    """Symmetric InfoNCE in which rows sharing a key are not each other's negatives. [R].
+
+    ``keys`` are ``[B]`` integer ids (for example the window a per-step row belongs to, or a
+    hash of a modality's input, so that two rows with the same item are not negatives). Row
+    ``j != i`` is left out of row ``i``'s softmax (in both directions) when ``key[i] == key[j]``
+    for any of the keys; the positive pair stays. With no keys it equals :func:`info_nce`.
+    On per-step data the plain form asks to tell apart identical items (ASSISTments: 89
+    distinct skill sets in 1,024 rows), so its floor is ``ln`` (duplicates per row), not 0.
+    [V-abs] "contrastive" alignment; the false-negative mask is ours [R] (as in supervised or
+    debiased contrastive learning).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    a = F.normalize(za.float(), dim=-1)
+    b = F.normalize(zb.float(), dim=-1)
+    logits = a @ b.T / temperature
+    n = a.shape[0]
+    if len(keys):
+        same = torch.zeros(n, n, dtype=torch.bool, device=a.device)
+        for k in keys:
+            same |= k[:, None] == k[None, :]
+        same &= ~torch.eye(n, dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(n, device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def info_nce_pooled(za: Tensor, zb: Tensor, temperature: float = 0.07,
+                    groups: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE between per-group means (per-step tasks: one vector per window). [R].
+
+    Rows are averaged per group first, so the positives and negatives are windows, not steps:
+    duplicating rows inside a group leaves it unchanged. ``groups=None`` (every row its own
+    group) gives :func:`info_nce`. Fewer than 2 groups: 0.
+    """
+    g = dense_groups(groups, za.shape[0], za.device)
+    if g.numel() == 0 or int(g.max()) < 1:
+        return za.float().sum() * 0 + zb.float().sum() * 0
+    return info_nce(pool_groups(za.float(), g), pool_groups(zb.float(), g), temperature)
+
+
 def regression_mse(za: Tensor, zb: Tensor) -> Tensor:
     """Regression-style alignment: mean over rows of ``||za_i - zb_i||^2``. [V-abs] + [R]."""
     return (za.float() - zb.float()).pow(2).sum(-1).mean()
@@ -127,6 +185,59 @@ def orthogonality(s: Tensor, p: Tensor, form: str = "auto") -> Tensor:
 def orthogonality_cos2(s: Tensor, p: Tensor) -> Tensor:
     """Per-sample orthogonality: ``mean_i cos^2(s_i, p_i)`` (COrAL/DecAlign form). [R]."""
     return F.cosine_similarity(s.float(), p.float(), dim=-1, eps=1e-8).pow(2).mean()
+
+
+def orthogonality_cos2_grouped(s: Tensor, p: Tensor, groups: Tensor | None = None) -> Tensor:
+    """``cos^2(s_i, p_i)`` averaged per group, then over groups (each window weighs the same). [R].
+
+    Invariant to batch size and to duplicating rows inside groups; ``groups=None`` equals
+    :func:`orthogonality_cos2`. Note what it measures: per-sample perpendicularity. Independent,
+    isotropic streams give ``1/k``, not 0; it is 0 only when each sample's two vectors are
+    perpendicular (for example when the streams use disjoint directions).
+    """
+    c = F.cosine_similarity(s.float(), p.float(), dim=-1, eps=1e-8).pow(2)
+    if groups is None:
+        return c.mean()
+    return pool_groups(c, dense_groups(groups, c.shape[0], c.device)).mean()
+
+
+def _standardise(x: Tensor, w: Tensor, eps: float = 1e-8) -> Tensor:
+    """Columns centred and scaled to unit variance under row weights ``w`` (``[n, 1]``, sum 1)."""
+    x = x - (w * x).sum(0, keepdim=True)
+    return x / torch.sqrt((w * x.pow(2)).sum(0, keepdim=True) + eps)
+
+
+def orthogonality_xcorr(s: Tensor, p: Tensor, groups: Tensor | None = None) -> Tensor:
+    """Shared-private cross-correlation with the finite-sample floor removed (cross-fitted). [R].
+
+    The groups (per-step tasks: windows; otherwise every row is its own group) are split into
+    two halves A and B (even and odd group ids, in sorted order); within each half the
+    ``k_s x k_p`` correlation matrix ``R`` between the shared and private dimensions is formed
+    (columns standardised in that half), and the loss is ``<R_A, R_B> / (k_s k_p)``. Each
+    row weighs ``1 / (rows in its group)``, so every group (window) counts once, whatever its
+    length.
+
+    It estimates the mean squared correlation ``mean_ab rho(s_a, p_b)^2`` without bias: when
+    the streams are independent and the groups independent of each other, ``R_A`` and ``R_B``
+    are independent with mean 0, so the expectation is exactly 0 at any batch size and for any
+    dependence between rows of one group; MISA's :func:`orthogonality` is about ``N / k^2`` there
+    and grows with duplicated or correlated rows. Repeating every row of a group leaves it
+    unchanged. Being unbiased, a single batch can be slightly negative (noise of order
+    ``1 / (k sqrt(N_A N_B))``). Fewer than 2 rows in either half: 0.
+    """
+    s, p = s.float(), p.float()
+    g = dense_groups(groups, s.shape[0], s.device)
+    w = 1.0 / torch.bincount(g)[g].to(s.dtype)
+    half = (g % 2).bool()
+    out = []
+    for rows in (~half, half):
+        if int(rows.sum()) < 2:
+            return s.sum() * 0 + p.sum() * 0
+        wh = w[rows].unsqueeze(1)
+        wh = wh / wh.sum()
+        xs, ys = _standardise(s[rows], wh), _standardise(p[rows], wh)
+        out.append((wh * xs).T @ ys)
+    return (out[0] * out[1]).sum() / (s.shape[1] * p.shape[1])
 
 
 def orthogonality_relu_cos(s: Tensor, p: Tensor) -> Tensor:
