@@ -20,6 +20,28 @@ Everything concrete below is our reconstruction [R] (papers.md section 1.3):
   ``p_m``; reconstruction of each float modality's input summary from ``s_m + p_m``.
   The regularisers act on ``z``, the shared stream *in the common space*: with them on ``s``
   the task gradient kept private factors in ``s`` (measured in chapter 2's probes).
+
+Options beyond the book's configuration (issue 12; all [R], defaults unchanged):
+
+* ``orthogonality="xcorr"``: the shared-private cross-correlation with its finite-sample floor
+  removed (:func:`dsrsd.losses.orthogonality_xcorr`), cross-fitted over windows in per-step
+  tasks, so its expectation is 0 for independent streams at any batch size and row grouping
+  (the Frobenius form is about ``N / k^2`` there). ``"cos2_window"``: per-sample ``cos^2``
+  averaged per window, then over windows.
+* ``contrastive="masked"``: InfoNCE without false negatives: rows of the same window (per-step
+  tasks) and rows whose input to either modality of the pair is identical (same item) are not
+  negatives. ``"pooled"``: InfoNCE between per-window means.
+* ``task_reads="streams"``: the fusion reads the streams ``s_m`` (and ``p_m``), while the
+  alignment and decorrelation shape the projection ``z_m = s_m + A(s_m)``, as a SimCLR
+  projection head.
+* ``fusion="blocks"``: no 64-d bottleneck: the head reads ``[s_bar; w_1 p_1; ...; w_M p_M]``
+  with block weights ``w_m = M alpha_m`` (1 for every present modality under uniform ``alpha``),
+  so early fusion on the private streams is a special case and ``alpha`` stays a distribution
+  over present modalities.
+* ``modality_task_weight > 0``: a task head per modality on ``[z_m; p_m]`` (against one
+  modality dominating), returned pre-weighted as the term ``modality_task``.
+* ``recon_rows="aux"``: the reconstruction uses the same bounded row sample as the other
+  auxiliary terms (per-step tasks otherwise decode every scored step).
 """
 
 from __future__ import annotations
@@ -32,11 +54,32 @@ from torch import Tensor, nn
 
 from dsrsd import losses
 from dsrsd.base import FusionModel, Output
-from dsrsd.data.batch import Batch, ModalitySpec, TaskSpec
+from dsrsd.data.batch import Batch, ModalitySpec, TaskSpec, flat_targets
 from dsrsd.encoders import mlp
 from dsrsd.errors import DsrsdError
 
-FUSIONS = ("gate", "mean", "concat")
+FUSIONS = ("gate", "mean", "concat", "blocks")
+ORTHOGONALITY = ("frobenius", "cos2", "xcorr", "cos2_window")
+CONTRASTIVE = ("clip", "masked", "pooled")
+TASK_READS = ("aligned", "streams")
+RECON_ROWS = ("all", "aux")
+_HASH_SEED = 20251208
+
+
+def input_keys(x: Tensor) -> Tensor:
+    """An int64 hash of each row of ``x`` (``[N, ...]``): equal rows, equal keys.
+
+    Exact (it hashes the bits, not the values), position-free (a row's key does not depend on
+    the other rows), and computed the same on every rank, so keys can be gathered. Used to
+    find rows with the same input (the same item) among InfoNCE negatives.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    if flat.is_floating_point():
+        flat = flat.float().contiguous().view(torch.int32)
+    flat = flat.long()
+    g = torch.Generator().manual_seed(_HASH_SEED)
+    coef = torch.randint(1, 2**62, (flat.shape[1],), generator=g).to(flat.device)
+    return (flat * coef).sum(1)  # int64 arithmetic wraps: a hash modulo 2**64
 
 
 def _rows(mask: Tensor) -> tuple[int, Callable[[Tensor], Tensor]]:
@@ -57,31 +100,53 @@ class DSRSDNet(FusionModel):
         temperature: InfoNCE temperature.
         regression: ``mse`` or ``cosine`` for the regression-style alignment.
         decorrelation: ``vicreg`` (variance + covariance) or ``barlow`` (Barlow Twins).
-        orthogonality: ``frobenius`` (MISA) or ``cos2`` (per-sample).
+        orthogonality: ``frobenius`` (MISA, the default), ``cos2`` (per-sample), ``xcorr``
+            (cross-correlation with the finite-sample floor removed, ~0 for independent streams
+            at any batch size and row grouping) or ``cos2_window`` (per-sample ``cos^2``
+            averaged per window). All forms are [R]; the abstract [V-abs] only says that the
+            loss "enforces orthogonality between shared and private streams".
         max_aux_rows: rows used by the alignment/decorrelation terms (subsampled beyond it, so
             per-step tasks with many scored steps stay cheap).
+        contrastive: ``clip`` (default: symmetric InfoNCE over all rows), ``masked`` (rows of
+            the same window, or with the same input in either modality of the pair, are not
+            negatives) or ``pooled`` (InfoNCE between per-window means). [V-abs] "contrastive";
+            the forms are [R].
+        task_reads: ``aligned`` (default: the fusion reads ``z_m``) or ``streams`` (it reads
+            ``s_m``, and the alignment and decorrelation shape only the projection ``z_m``). [R].
+        modality_task_weight: weight of per-modality auxiliary task heads on ``[z_m; p_m]``
+            (term ``modality_task``, returned already weighted; 0 = not built). [R].
+        recon_rows: ``all`` (default: reconstruction over every row) or ``aux`` (over the same
+            bounded sample as the other auxiliary terms). [R].
     """
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, k: int = 64,
                  seq_encoder: str = "gru", dropout: float = 0.1, modality_dropout: float = 0.0,
                  fusion: str = "gate", temperature: float = 0.1, regression: str = "cosine",
                  decorrelation: str = "vicreg", orthogonality: str = "frobenius",
-                 max_aux_rows: int = 1024):
+                 max_aux_rows: int = 1024, contrastive: str = "clip", task_reads: str = "aligned",
+                 modality_task_weight: float = 0.0, recon_rows: str = "all"):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
         if len(specs) < 2:
             raise DsrsdError(f"DSRSD-Net needs at least 2 modalities, got {len(specs)}")
         for name, value, allowed in [("fusion", fusion, FUSIONS),
                                      ("regression", regression, ("mse", "cosine")),
                                      ("decorrelation", decorrelation, ("vicreg", "barlow")),
-                                     ("orthogonality", orthogonality, ("frobenius", "cos2"))]:
+                                     ("orthogonality", orthogonality, ORTHOGONALITY),
+                                     ("contrastive", contrastive, CONTRASTIVE),
+                                     ("task_reads", task_reads, TASK_READS),
+                                     ("recon_rows", recon_rows, RECON_ROWS)]:
             if value not in allowed:
                 raise DsrsdError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")
         if k <= 0:
             raise DsrsdError(f"stream size k must be positive, got {k}")
+        if not modality_task_weight >= 0:
+            raise DsrsdError(f"modality_task_weight must be >= 0, got {modality_task_weight}")
         m = len(specs)
         self.k, self.fusion, self.temperature = k, fusion, temperature
         self.regression, self.decorrelation_form = regression, decorrelation
         self.orthogonality_form, self.max_aux_rows = orthogonality, max_aux_rows
+        self.contrastive, self.task_reads = contrastive, task_reads
+        self.modality_task_weight, self.recon_rows = float(modality_task_weight), recon_rows
 
         self.adapters = nn.ModuleList(nn.Linear(d, d) for _ in range(m))
         self.shared = mlp(d, d, k)
@@ -93,14 +158,17 @@ class DSRSDNet(FusionModel):
         else:
             self.score = nn.ModuleList(nn.Sequential(nn.Linear(2 * k, k), nn.Tanh(), nn.Linear(k, 1))
                                        for _ in range(m))
-            self.private_mix = nn.Linear(m * k, k)
-            self.gate = nn.Linear(2 * k, k)
-        self.head = self.make_head(k)
+            if fusion != "blocks":
+                self.private_mix = nn.Linear(m * k, k)
+                self.gate = nn.Linear(2 * k, k)
+        self.head = self.make_head((m + 1) * k if fusion == "blocks" else k)
         # Reconstruction targets: a float summary of each modality's input (skipped for token
         # inputs and causal per-step histories, whose "input" at step t is not a fixed vector).
         self.recon_dims = {s.name: s.dim for s in specs
                            if s.vocab == 0 and not (self.per_step and s.kind == "sequence")}
         self.decoders = nn.ModuleDict({n: nn.Linear(k, dim) for n, dim in self.recon_dims.items()})
+        if self.modality_task_weight > 0:  # built last: the default model's init is unchanged
+            self.modality_heads = nn.ModuleList(self.make_head(2 * k) for _ in range(m))
 
     # ------------------------------------------------------------------ streams
     def streams(self, batch: Batch) -> dict[str, Tensor | list[Tensor]]:
@@ -127,6 +195,13 @@ class DSRSDNet(FusionModel):
             alpha = torch.softmax(scores.float().masked_fill(~present, float("-inf")), 1)
             alpha = alpha.to(z[0].dtype)
         s_bar = sum(alpha[:, i:i + 1] * z[i] for i in range(len(z)))
+        if self.fusion == "blocks":
+            # Block weights M * alpha_m: 1 for every present modality when alpha is uniform (so
+            # the head can read the private streams as early fusion reads the encodings), 0 for
+            # missing ones (alpha_m = 0 there).
+            w = alpha * len(z)
+            f = torch.cat([s_bar, *(p[i] * w[:, i:i + 1] for i in range(len(p)))], 1)
+            return f, alpha, torch.ones_like(s_bar)
         # Missing private streams are zero; rescaling by M / n_present keeps the summary's scale.
         p_cat = torch.cat([p[i] * pres[:, i:i + 1] for i in range(len(p))], 1)
         p_bar = self.private_mix(p_cat) * (len(p) / n_present)
@@ -153,17 +228,35 @@ class DSRSDNet(FusionModel):
 
         pres = present if rows is None else present[rows]
         s, p, z = ([pick(t) for t in st[key]] for key in ("s", "p", "z"))
+        # Window ids (per-step tasks) and input keys, only for the forms that use them.
+        need_groups = self.per_step and (self.contrastive != "clip" or self.orthogonality_form
+                                         in ("xcorr", "cos2_window"))
+        grp = pick(self._row_groups(batch, present.shape[0])) if need_groups else None
+        keys = ([None if k is None else pick(k) for k in self._input_keys(batch)]
+                if self.contrastive == "masked" else None)
         zero = z[0].new_zeros(()).float()
         con, reg, dec, orth, n_pairs, n_mod = zero, zero, zero, zero, 0, 0
         reg_fn = losses.regression_mse if self.regression == "mse" else losses.regression_cosine
-        ortho = (losses.orthogonality if self.orthogonality_form == "frobenius"
-                 else losses.orthogonality_cos2)
+        form = self.orthogonality_form
+        if form in ("frobenius", "cos2"):
+            base = losses.orthogonality if form == "frobenius" else losses.orthogonality_cos2
+            ortho = lambda x, y, g: base(x, y)  # noqa: E731
+        else:
+            ortho = (losses.orthogonality_xcorr if form == "xcorr"
+                     else losses.orthogonality_cos2_grouped)
         for a, b in combinations(range(len(z)), 2):
             n, sel = _rows(pres[:, a] & pres[:, b])
             if n < 2:
                 continue
             za, zb = sel(z[a]), sel(z[b])
-            con = con + losses.info_nce(za, zb, self.temperature)
+            if self.contrastive == "clip":
+                con = con + losses.info_nce(za, zb, self.temperature)
+            elif self.contrastive == "pooled":
+                con = con + losses.info_nce_pooled(za, zb, self.temperature,
+                                                   None if grp is None else sel(grp))
+            else:
+                ks = [sel(t) for t in (grp, keys[a], keys[b]) if t is not None]
+                con = con + losses.info_nce_masked(za, zb, self.temperature, ks)
             reg = reg + reg_fn(za, zb)
             if self.decorrelation_form == "barlow":
                 dec = dec + losses.barlow_twins(za, zb)
@@ -173,29 +266,74 @@ class DSRSDNet(FusionModel):
             if n < 2:
                 continue
             zm, sm, pm = sel(z[m]), sel(s[m]), sel(p[m])
+            gm = None if grp is None else sel(grp)
             if self.decorrelation_form == "vicreg":
                 dec = dec + losses.decorrelation(zm)
             # Private is kept orthogonal to the shared stream before and after the alignment head:
             # either alone left shared factors readable from p (chapter 2 probes).
-            orth = orth + 0.5 * (ortho(zm, pm) + ortho(sm, pm))
+            orth = orth + 0.5 * (ortho(zm, pm, gm) + ortho(sm, pm, gm))
             n_mod += 1
         dec_n = n_pairs if self.decorrelation_form == "barlow" else n_mod
         out = {"align_con": con / max(n_pairs, 1), "align_reg": reg / max(n_pairs, 1),
                "decor": dec / max(dec_n, 1), "orth": orth / max(n_mod, 1)}
         if self.recon_dims:
             rec, n_rec = zero, 0
+            sub = self.recon_rows == "aux"
             for m, spec in enumerate(self.specs):
                 if spec.name not in self.recon_dims:
                     continue
-                n, sel = _rows(present[:, m])
+                n, sel = _rows(pres[:, m] if sub else present[:, m])
                 if n == 0:
                     continue
-                target = sel(gather(self.input_summary(spec, batch)))
-                pred = self.decoders[spec.name](sel(gather(st["s"][m] + st["p"][m])))
+                fetch = pick if sub else gather
+                target = sel(fetch(self.input_summary(spec, batch)))
+                pred = self.decoders[spec.name](sel(fetch(st["s"][m] + st["p"][m])))
                 rec = rec + losses.reconstruction(target, pred)
                 n_rec += 1
             out["recon"] = rec / max(n_rec, 1)
         return out
+
+    def _row_groups(self, batch: Batch, n: int) -> Tensor:
+        """The window (batch row) each output row belongs to, unique across ranks."""
+        if self.per_step:
+            b, t = batch.y_mask.shape
+            grp = torch.arange(b, device=batch.y_mask.device)[:, None].expand(b, t)[batch.y_mask]
+        else:
+            grp = torch.arange(n, device=batch.present.device)
+        if self.batch_gather is not None:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                grp = grp + (dist.get_rank() << 32)
+        return grp
+
+    def _input_keys(self, batch: Batch) -> list[Tensor | None]:
+        """Per modality, a hash of each output row's input (``None`` for causal histories,
+        whose input at a step is the whole past, not an item)."""
+        out: list[Tensor | None] = []
+        for spec in self.specs:
+            x = batch.x[spec.name]
+            if self.per_step:
+                out.append(None if spec.kind == "sequence" else input_keys(x[batch.y_mask]))
+                continue
+            key = input_keys(x)
+            if spec.name in batch.pad:  # padding decides what a sequence or set is
+                key = key + 31 * input_keys(batch.pad[spec.name])
+            out.append(key)
+        return out
+
+    def modality_task(self, st: dict, batch: Batch) -> Tensor:
+        """Mean over modalities of the task loss of a head reading ``[z_m; p_m]`` (present rows)."""
+        y = flat_targets(batch)
+        total, n_mod = st["z"][0].new_zeros(()).float(), 0
+        for m, head in enumerate(self.modality_heads):
+            n, sel = _rows(st["present"][:, m])
+            if n == 0:
+                continue
+            src = st["s"] if self.task_reads == "streams" else st["z"]
+            logits = self.head_logits(head, torch.cat([sel(src[m]), sel(st["p"][m])], 1))
+            total = total + losses.task_loss(logits, sel(y))
+            n_mod += 1
+        return self.modality_task_weight * total / max(n_mod, 1)
 
     def input_summary(self, spec: ModalitySpec, batch: Batch) -> Tensor:
         """What the reconstruction decodes to: the input itself, or a sequence's masked mean."""
@@ -208,7 +346,10 @@ class DSRSDNet(FusionModel):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> Output:
         st = self.streams(batch)
-        f, alpha, g = self.fuse(st["s"], st["p"], st["z"], st["present"])
+        reads = st["s"] if self.task_reads == "streams" else st["z"]
+        f, alpha, g = self.fuse(st["s"], st["p"], reads, st["present"])
         logits = self.head_logits(self.head, f)
         aux = self.aux_losses(st, batch) if self.training or torch.is_grad_enabled() else {}
+        if aux and self.modality_task_weight > 0:
+            aux["modality_task"] = self.modality_task(st, batch)
         return Output(logits, aux, {"alpha": alpha.detach(), "gate": g.detach().mean(1)})
