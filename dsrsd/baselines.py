@@ -27,7 +27,14 @@ from itertools import permutations
 import torch
 from torch import Tensor, nn
 
-from dsrsd.base import FusionModel, Output, drop_modalities
+from dsrsd.base import (
+    FusionModel,
+    Output,
+    check_present,
+    drop_modalities,
+    keep_first_valid,
+    masked_mean,
+)
 from dsrsd.data.batch import Batch, ModalitySpec, TaskSpec
 from dsrsd.errors import DsrsdError
 
@@ -87,10 +94,8 @@ class Unimodal(FusionModel):
         self.missing_logit = nn.Parameter(torch.zeros(task.out_dim))
 
     def forward(self, batch: Batch) -> Output:
-        present = self.present_rows(batch)
-        if self.training:
-            present = drop_modalities(present, self.modality_dropout)
-        here = present[:, self.index]
+        # No "some modality present" check: rows without this modality get a learned constant.
+        here = self.present_mask(batch, check=False)[:, self.index]
         x, pad = batch.x[self.modality], batch.pad.get(self.modality)
         h = self.flatten_steps(self.encoders[self.modality](x, pad), batch)
         logits = self.head_logits(self.head, h)
@@ -258,22 +263,18 @@ class CoAttention(FusionModel):
         return toks, valid
 
     def forward(self, batch: Batch) -> Output:
-        present = batch.present  # per sample; per-step rows are expanded at the end
+        # Modality dropout per sample (the attention runs over whole sequences), expanded to
+        # the scored steps' rows after.
+        present = batch.present
         if self.training:
             present = drop_modalities(present, self.modality_dropout)
-        rows_present = (present.unsqueeze(1).expand(-1, batch.y_mask.shape[1], -1)[batch.y_mask]
-                        if self.per_step else present)
-        if rows_present.shape[0] and not bool(rows_present.any(1).all()):
-            raise DsrsdError("a sample has every modality missing; drop it or provide one")
+        rows_present = check_present(self.present_rows(batch, present))
         toks, valid = self._tokens(batch)
         key_valid = []
         for m, v in enumerate(valid):
-            kv = v & present[:, m:m + 1]
             # Never an all-masked key row (NaN in softmax): such rows (missing source) have their
             # update gated off. With causal attention step 0 must be visible to every query.
-            first = torch.ones_like(kv[:, 0]) if self.per_step else ~kv.any(1)
-            kv = torch.cat([(kv[:, 0] | first).unsqueeze(1), kv[:, 1:]], 1)
-            key_valid.append(kv)
+            key_valid.append(keep_first_valid(v & present[:, m:m + 1], always=self.per_step))
         causal = None
         if self.per_step:
             t = toks[0].shape[1]
@@ -288,8 +289,7 @@ class CoAttention(FusionModel):
                 pooled = self.flatten_steps(x, batch)
                 outs.append(pooled * rows_present[:, b:b + 1].to(pooled.dtype))
             else:
-                w = valid[b].unsqueeze(-1).to(x.dtype)
-                pooled = (x * w).sum(1) / w.sum(1).clamp_min(1)
+                pooled = masked_mean(x, valid[b])
                 outs.append(pooled * present[:, b:b + 1].to(pooled.dtype))
         return Output(self.head_logits(self.head, torch.cat(outs, 1)))
 

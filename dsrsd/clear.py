@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dsrsd.base import FusionModel
+from dsrsd.base import FusionModel, masked_mean
 from dsrsd.baselines import EarlyFusion, LateFusion, LateLogitFusion
 from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, TaskSpec
 from dsrsd.errors import DsrsdError
@@ -93,9 +93,8 @@ def _pooled(x: Tensor, pad: Tensor | None) -> Tensor:
     """Input features per sample: as is (``[N, F]``) or masked mean over steps (``[N, T, F]``)."""
     if x.dim() == 2:
         return x
-    w = (pad if pad is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
-    w = w.unsqueeze(-1).to(x.dtype)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1)
+    return masked_mean(x, pad if pad is not None else
+                       torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
 
 
 class ClearMixin:

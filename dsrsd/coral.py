@@ -40,8 +40,8 @@ Protocols (method_params ``protocol``):
   ``cfg.weights["coral"]`` (the builder sets it to 1.0 when absent, so the run's recorded config
   shows it). ``coral_shared``, ``coral_unique``, ``coral_orth`` are also returned for logging only:
   leave them out of ``cfg.weights`` or they are counted twice.
-* ``"probe"`` (:class:`COrALProbe`): the paper's protocol. Self-supervised pre-training (COrAL
-  loss only) for ``cfg.epochs`` epochs with AdamW (``cfg.lr``, ``cfg.weight_decay`` on weights
+* ``"probe"`` (:class:`COrALProbe`, fitted by :func:`dsrsd.fitting.fit_coral_probe`): the
+  paper's protocol. Self-supervised pre-training (:meth:`COrAL.ssl_loss`, the COrAL loss only) for ``cfg.epochs`` epochs with AdamW (``cfg.lr``, ``cfg.weight_decay`` on weights
   of rank >= 2 only), no early stopping; then a logistic-regression linear probe on the frozen
   representation: cost ``C`` chosen on validation balanced accuracy over a coarse grid
   ``1e-6 .. 1e6`` then ``probe_fine`` log-spaced values within two decades of the best; the final
@@ -66,10 +66,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsrsd import losses
-from dsrsd.base import FusionModel, Output, drop_modalities
+from dsrsd.base import DirectFit, FusionModel, Output, aux_row_sample, keep_first_valid
 from dsrsd.baselines import FeatureTokens
 from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, TaskSpec, flat_targets
 from dsrsd.errors import DsrsdError
+from dsrsd.step import autocast
 
 ORTHO = {"cos2": (losses.orthogonality_cos2, 10.0), "relu_cos": (losses.orthogonality_relu_cos, 1.0)}
 
@@ -211,9 +212,7 @@ class COrAL(FusionModel):
                 v = torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
             else:
                 t, v = enc.tokens(x[s.name], pad)
-                v = v.bool()
-                empty = ~v.any(1)  # rows of a missing modality: keep softmax finite
-                v = torch.cat([(v[:, 0] | empty).unsqueeze(1), v[:, 1:]], 1)
+                v = keep_first_valid(v.bool())  # rows of a missing modality: softmax finite
             toks.append(t)
             valid.append(v)
         return toks, valid
@@ -270,14 +269,6 @@ class COrAL(FusionModel):
         ut, uv = self._tokens(self.unique_encoders, self.unique_adapters, x, batch)
         return st, sv, ut, uv
 
-    def present_mask(self, batch: Batch) -> Tensor:
-        present = self.present_rows(batch)
-        if self.training:
-            present = drop_modalities(present, self.modality_dropout)
-        if present.shape[0] and not bool(present.any(1).all()):
-            raise DsrsdError("a sample has every modality missing; drop it or provide one")
-        return present
-
     def features(self, batch: Batch, present: Tensor | None = None) -> Tensor:
         """The representation ``[z; u_1; ...; u_M]`` of the clean (unmasked) inputs."""
         present = self.present_mask(batch) if present is None else present
@@ -309,9 +300,7 @@ class COrAL(FusionModel):
     # ------------------------------------------------------------------ losses
     def coral_losses(self, batch: Batch, present: Tensor) -> dict[str, Tensor]:
         """The COrAL objective on two augmented, asymmetrically masked views of ``batch``."""
-        n = present.shape[0]
-        rows = (torch.randperm(n, device=present.device)[: self.max_aux_rows]
-                if n > self.max_aux_rows else None)
+        rows = aux_row_sample(present.shape[0], self.max_aux_rows, present.device)
         pres = present if rows is None else present[rows]
         keeps = None
         views = []
@@ -358,6 +347,12 @@ class COrAL(FusionModel):
         return {"coral": total, "coral_shared": l_s.detach(), "coral_unique": l_u.detach(),
                 "coral_orth": l_o.detach()}
 
+    def ssl_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The probe protocol's pre-training objective as a loss function of the one train
+        step (:func:`dsrsd.step.train_step`): the COrAL loss alone, and its terms to log."""
+        terms = self.coral_losses(batch, self.present_mask(batch))
+        return terms["coral"], {k: v.detach() for k, v in terms.items()}
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> Output:
         if self.head is None:
@@ -368,19 +363,15 @@ class COrAL(FusionModel):
         return Output(logits, aux)
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    from sklearn.metrics import balanced_accuracy_score
-    return float(balanced_accuracy_score(y, pred))
-
-
-class COrALProbe(nn.Module):
-    """COrAL's own protocol: self-supervised pre-training, then a linear probe (``fit_direct``).
+class COrALProbe(DirectFit):
+    """COrAL's own protocol: a self-supervised network plus a linear probe on its frozen
+    representation. It holds and predicts; :func:`dsrsd.fitting.fit_coral_probe` fits it
+    (pre-training with the one train step, then the probe search).
 
     ``history`` holds the mean pre-training losses per epoch; ``probe_C`` the chosen cost.
     """
 
     def __init__(self, net: COrAL, probe_fine: int = 29):
-        super().__init__()
         if net.per_step:
             raise DsrsdError("coral protocol='probe' does not support per-step tasks "
                              "(use protocol='supervised')")
@@ -390,41 +381,7 @@ class COrALProbe(nn.Module):
         self.probe = None
         self.scaler = None
         self.probe_C = float("nan")
-        self._amp = True
-
-    def forward(self, batch: Batch):  # pragma: no cover - guard only
-        raise DsrsdError("coral probe protocol: use fit() / predict_proba()")
-
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=self._amp and device.type == "cuda")
-
-    def pretrain(self, train: MultimodalData, cfg, device: torch.device) -> None:
-        net = self.net
-        decay = [p for p in net.parameters() if p.requires_grad and p.ndim >= 2]
-        rest = [p for p in net.parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
-        for epoch in range(cfg.epochs):
-            net.train()
-            g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            sums: dict[str, float] = {}
-            steps = 0
-            for batch in train.batches(cfg.batch_size, shuffle=True, generator=g):
-                if len(batch) < 2:
-                    continue
-                batch = batch.to(device, non_blocking=True)
-                with self._autocast(device):
-                    terms = net.coral_losses(batch, net.present_mask(batch))
-                opt.zero_grad(set_to_none=True)
-                terms["coral"].backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                steps += 1
-            self.history.append({"epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()}})
+        self.amp = True
 
     @torch.no_grad()
     def embed(self, data: MultimodalData, device: torch.device | None = None,
@@ -436,41 +393,12 @@ class COrALProbe(nn.Module):
         xs, ys = [], []
         for batch in data.batches(batch_size):
             batch = batch.to(device)
-            with self._autocast(device):
+            with autocast(device, self.amp):
                 xs.append(self.net.features(batch).float().cpu())
             ys.append(flat_targets(batch).cpu())
         self.net.train(was)
         y = torch.cat(ys).numpy()
         return torch.cat(xs).numpy(), (y if y.dtype == np.int64 else y.astype(np.int64))
-
-    def fit_direct(self, splits, cfg, device: torch.device) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        self._amp = cfg.amp
-        self.pretrain(splits.train, cfg, device)
-        xt, yt = self.embed(splits.train, device)
-        xv, yv = self.embed(splits.val, device)
-        scaler = StandardScaler().fit(xt)
-        xts, xvs = scaler.transform(xt), scaler.transform(xv)
-
-        def score(c: float) -> float:
-            clf = LogisticRegression(C=c, max_iter=1000)
-            clf.fit(xts, yt)
-            return _balanced_accuracy(yv, clf.predict(xvs))
-
-        coarse = np.logspace(-6, 6, 13)
-        scores = [score(c) for c in coarse]
-        best = float(coarse[int(np.argmax(scores))])
-        if self.probe_fine > 0:
-            fine = np.logspace(np.log10(best) - 2, np.log10(best) + 2, self.probe_fine)
-            fscores = [score(c) for c in fine]
-            if max(fscores) >= max(scores):
-                best = float(fine[int(np.argmax(fscores))])
-        self.probe_C = best
-        xall, yall = np.concatenate([xt, xv]), np.concatenate([yt, yv])
-        self.scaler = StandardScaler().fit(xall)
-        self.probe = LogisticRegression(C=best, max_iter=1000).fit(self.scaler.transform(xall), yall)
 
     def predict_proba(self, data: MultimodalData) -> tuple[np.ndarray, np.ndarray]:
         if self.probe is None:

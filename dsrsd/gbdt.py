@@ -26,13 +26,12 @@ older versions fall back to an internal 10% of the training rows).
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, TaskSpec, flat_targets
+from dsrsd.base import DirectFit
+from dsrsd.data.batch import ModalitySpec, MultimodalData, TaskSpec, flat_targets
 from dsrsd.errors import DsrsdError
 
 
@@ -148,8 +147,9 @@ def flatten_features(data: MultimodalData, max_vocab: int = 512,
     return x, (y.astype(np.int64) if data.task.kind != "multiclass" else y), names
 
 
-class GBDT(nn.Module):
-    """``HistGradientBoostingClassifier`` behind the trainer's ``fit_direct`` hook.
+class GBDT(DirectFit):
+    """Gradient boosting's settings and, once fitted (:func:`dsrsd.fitting.fit_gbdt`), its
+    ``HistGradientBoostingClassifier``; it predicts, it does not fit itself.
 
     It has no torch parameters (the trainer reports 0); ``n_trees`` after fitting says how big it
     is. Args are the classifier's, plus ``max_vocab`` for token-count features.
@@ -159,7 +159,6 @@ class GBDT(nn.Module):
                  learning_rate: float = 0.1, max_leaf_nodes: int = 31, min_samples_leaf: int = 20,
                  l2_regularization: float = 0.0, n_iter_no_change: int = 10, max_vocab: int = 512,
                  seed: int = 0):
-        super().__init__()
         if max_iter < 1 or max_vocab < 1 or n_iter_no_change < 1:
             raise DsrsdError("gbdt: max_iter, max_vocab and n_iter_no_change must be >= 1")
         self.specs, self.task, self.max_vocab = list(specs), task, max_vocab
@@ -169,21 +168,6 @@ class GBDT(nn.Module):
                            early_stopping=True, scoring="loss", random_state=seed)
         self.clf = None
         self.feature_names: list[str] = []
-
-    def forward(self, batch: Batch):  # pragma: no cover - guard only
-        raise DsrsdError("gbdt is not a torch model; use fit() / predict_proba()")
-
-    def fit_direct(self, splits, cfg, device) -> None:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
-        x, y, self.feature_names = flatten_features(splits.train, self.max_vocab)
-        xv, yv, _ = flatten_features(splits.val, self.max_vocab)
-        clf = HistGradientBoostingClassifier(**self.params)
-        if "X_val" in inspect.signature(clf.fit).parameters:
-            clf.fit(x, y, X_val=xv, y_val=yv)
-        else:  # scikit-learn < 1.7: internal validation fraction of the training rows
-            clf.fit(x, y)
-        self.clf = clf
 
     @property
     def n_trees(self) -> int:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsrsd import losses
-from dsrsd.base import FusionModel, Output
+from dsrsd.base import FusionModel, Output, aux_row_sample
 from dsrsd.data.batch import Batch, ModalitySpec, TaskSpec
 from dsrsd.errors import DsrsdError
 
@@ -78,9 +78,8 @@ class MISA(FusionModel):
 
     def aux_losses(self, u: list[Tensor], c: list[Tensor], p: list[Tensor],
                    present: Tensor) -> dict[str, Tensor]:
-        n = present.shape[0]
-        if n > self.max_aux_rows:
-            rows = torch.randperm(n, device=present.device)[: self.max_aux_rows]
+        rows = aux_row_sample(present.shape[0], self.max_aux_rows, present.device)
+        if rows is not None:
             u, c, p, present = [t[rows] for t in u], [t[rows] for t in c], [t[rows] for t in p], \
                 present[rows]
         zero = c[0].new_zeros(()).float()

@@ -1,16 +1,20 @@
-"""One registry that builds every method from a config. Adding a method: one file + one line."""
+"""One registry that builds every method from a config.
+
+Adding a method: one file implementing the contract of :mod:`dsrsd.base` (a
+:class:`~dsrsd.base.FusionModel` subclass, or a :class:`~dsrsd.base.DirectFit` whose fitting
+routine goes in :data:`dsrsd.fitting.FITTERS`) plus one line in :data:`METHODS`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
-
+from dsrsd.base import Method
 from dsrsd.config import TrainConfig
 from dsrsd.data.batch import ModalitySpec, MultimodalData, TaskSpec
 from dsrsd.errors import DsrsdError
 
-Builder = Callable[[TrainConfig, list[ModalitySpec], TaskSpec, MultimodalData], nn.Module]
+Builder = Callable[[TrainConfig, list[ModalitySpec], TaskSpec, MultimodalData], Method]
 
 
 def _common(cfg: TrainConfig) -> dict:
@@ -84,43 +88,43 @@ def _params(cfg: TrainConfig) -> dict:
     return dict(cfg.method_params)
 
 
-def build_dsrsd(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_dsrsd(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.model import DSRSDNet
     return DSRSDNet(specs, task, **_common(cfg), **_params(cfg))
 
 
-def build_early(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_early(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.baselines import EarlyFusion
     return EarlyFusion(specs, task, **_common(cfg), **_params(cfg))
 
 
 
-def build_unimodal(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_unimodal(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.baselines import Unimodal
     return Unimodal(specs, task, **_common(cfg), **_params(cfg))
 
 
-def build_late(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_late(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.baselines import LateFusion
     return LateFusion(specs, task, **_common(cfg), **_params(cfg))
 
 
-def build_late_logit(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_late_logit(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.baselines import LateLogitFusion
     return LateLogitFusion(specs, task, **_common(cfg), **_params(cfg))
 
 
-def build_coattention(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_coattention(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.baselines import CoAttention
     return CoAttention(specs, task, **_common(cfg), **_params(cfg))
 
 
-def build_gbdt(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_gbdt(cfg: TrainConfig, specs, task, train) -> Method:
     from dsrsd.gbdt import GBDT
     return GBDT(specs, task, seed=cfg.seed, **_params(cfg))
 
 
-def build_coral(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_coral(cfg: TrainConfig, specs, task, train) -> Method:
     """COrAL; method_params ``protocol`` = supervised (default) | probe (see dsrsd/coral.py).
 
     Supervised: the aux term ``coral`` (``w_s``, ``w_u``, ``w_o`` applied inside) gets the
@@ -141,7 +145,7 @@ def build_coral(cfg: TrainConfig, specs, task, train) -> nn.Module:
     return COrAL(specs, task, **_common(cfg), **params)
 
 
-def build_clear(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_clear(cfg: TrainConfig, specs, task, train) -> Method:
     """CLEAR plug-in: method_params base, k, lam, mode, pair, base_params (see dsrsd/clear.py)."""
     from dsrsd.clear import BASES
     params = _params(cfg)
@@ -157,7 +161,7 @@ def build_clear(cfg: TrainConfig, specs, task, train) -> nn.Module:
     return BASES[base](specs, task, **_common(cfg), **base_params, **params, train=train)
 
 
-def build_misa(cfg: TrainConfig, specs, task, train) -> nn.Module:
+def build_misa(cfg: TrainConfig, specs, task, train) -> Method:
     """MISA; the aux term ``misa`` gets ``cfg.weights["misa"]``, set to 1.0 when absent."""
     from dsrsd.misa import MISA
     params = _params(cfg)
@@ -178,7 +182,7 @@ METHODS: dict[str, Builder] = {
 
 
 def build_model(cfg: TrainConfig, specs: list[ModalitySpec], task: TaskSpec,
-                train: MultimodalData) -> nn.Module:
+                train: MultimodalData) -> Method:
     """Construct ``cfg.method`` for these modalities and task (``train`` for data-fitted parts)."""
     if cfg.method not in METHODS:
         raise DsrsdError(f"unknown method {cfg.method!r} (expected one of {', '.join(METHODS)})")

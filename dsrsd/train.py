@@ -1,6 +1,11 @@
 """Training: fit, evaluate, checkpoints, early stopping, data parallel, records.
 
-``fit`` is the one entry point (the CLI, the notebooks and the sweep all call it). Seeded CPU
+``fit`` is the one entry point (the CLI, the notebooks and the sweep all call it). It calls the
+method contract of :mod:`dsrsd.base` only: a :class:`~dsrsd.base.FusionModel` is trained by the
+epoch loop here, built on the one train step of :mod:`dsrsd.step`; a
+:class:`~dsrsd.base.DirectFit` method by its fitting routine in :mod:`dsrsd.fitting`. Under
+``torchrun`` the network is wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA)
+and ``batch_gather`` is set, so global-batch loss terms gather every rank's rows. Seeded CPU
 runs are bit-identical; a killed run resumed from its last checkpoint ends with the same
 metrics, because every epoch's shuffling is seeded by ``(seed, epoch)`` and the checkpoint
 carries the optimiser and RNG state. On CUDA, bf16 autocast and non-deterministic kernels
@@ -20,17 +25,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.std import tqdm  # the text bar: tqdm.auto warns in kernels without ipywidgets
 
-from dsrsd.base import drop_modalities
+from dsrsd.base import DirectFit, FusionModel, drop_modalities
 from dsrsd.config import WARMUP_TERMS, TrainConfig
 from dsrsd.data import Splits, flat_targets, load_dataset
 from dsrsd.data.batch import MultimodalData
 from dsrsd.errors import DsrsdError
-from dsrsd.losses import task_loss, total_objective
 from dsrsd.metrics import binary_metrics, multiclass_metrics
 from dsrsd.records import atomic_torch_save, atomic_write_json, provenance
 from dsrsd.registry import build_model
+from dsrsd.step import autocast, make_optimizer, supervised_loss, train_epoch
 
 CHECKPOINT_FORMAT = 1
 
@@ -57,17 +63,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _autocast(device: torch.device, amp: bool):
-    # bf16 on CUDA only: CPU autocast is slower than fp32 for these small models.
-    enabled = amp and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
             device: torch.device | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Targets and predicted probabilities (``[N]`` binary, ``[N, C]`` multiclass) on ``data``."""
-    if hasattr(model, "predict_proba"):  # non-neural methods (e.g. gradient boosting)
+    if isinstance(model, DirectFit):  # fitted outside the gradient loop (e.g. boosting)
         return model.predict_proba(data)
     device = device or next(model.parameters()).device
     was = model.training
@@ -75,7 +75,7 @@ def predict(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
     ys, ps = [], []
     for batch in data.batches(batch_size):
         batch = batch.to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(batch).logits.float()
         ps.append(torch.softmax(logits, -1) if data.task.kind == "multiclass" else torch.sigmoid(logits))
         ys.append(flat_targets(batch))
@@ -124,13 +124,6 @@ def robustness(model: nn.Module, data: MultimodalData, device: torch.device | No
     return out
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # No weight decay on biases, norms and embeddings' padding-free vectors of rank 1.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
 def _check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -172,13 +165,29 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _allreduce_grads(model: nn.Module) -> None:
-    """Sum gradients over ranks (losses are pre-scaled by the local share of the batch)."""
-    for p in model.parameters():
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+def _data_parallel_task(world: int, device: torch.device):
+    """The supervised loss's ``adjust`` under torchrun (``DistributedDataParallel`` averages
+    gradients over ranks).
+
+    The task loss is a mean over this rank's rows: weighted by ``world * n_local / n_all`` its
+    average over ranks is the global-batch mean. The other terms are global-batch statistics
+    (gathered rows), identical on every rank, and the gather's backward sums every rank's
+    gradient into each rank's own rows, so after averaging they count once, unweighted. The
+    logged task loss (and total) are the global-batch values, as one process would log.
+    """
+
+    def adjust(loss, task, logged, batch):
+        n_local = torch.tensor(float(len(batch)), device=device)
+        n_all = n_local.clone()
+        dist.all_reduce(n_all)
+        share = n_local / n_all
+        task_all = task.detach() * share
+        dist.all_reduce(task_all)
+        logged["total"] = logged["total"] - logged["task"] + task_all
+        logged["task"] = task_all
+        return loss + (world * share - 1) * task
+
+    return adjust
 
 
 def gather_rows(t: torch.Tensor) -> torch.Tensor:
@@ -233,16 +242,20 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     for part in (train, val, test):
         if len(part) == 0:
             raise DsrsdError(f"split {part.name!r} is empty")
-    model = build_model(cfg, train.specs, train.task, train).to(device)
-    if world > 1 and hasattr(model, "batch_gather"):
+    model = build_model(cfg, train.specs, train.task, train)
+    net = model.net if isinstance(model, DirectFit) else model
+    if net is not None:
+        net.to(device)
+    if world > 1 and isinstance(model, FusionModel):
         model.batch_gather = gather_rows
     record = {"method": cfg.method, "dataset": cfg.dataset, "config": cfg.to_dict(),
               "config_hash": cfg.hash(), "seed": cfg.seed, "data_info": splits.info,
-              "n_params": count_parameters(model), "world_size": world}
+              "n_params": count_parameters(net) if net is not None else 0, "world_size": world}
 
-    if hasattr(model, "fit_direct"):  # non-neural or own-protocol methods
+    if isinstance(model, DirectFit):  # fitted outside the gradient loop
+        from dsrsd.fitting import fit_direct
         try:
-            model.fit_direct(splits, cfg, device)
+            fit_direct(model, splits, cfg, device)
         except DsrsdError:
             raise
         except ValueError as e:  # e.g. scikit-learn refusing a parameter value
@@ -265,8 +278,8 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     return record
 
 
-def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, world):
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progress, rank, world):
+    opt = make_optimizer(model, cfg)
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
     bad_epochs, start = 0, 0
@@ -290,43 +303,22 @@ def _train_loop(model, cfg, train, val, device, out, resume, progress, rank, wor
             # was not written yet. Training on would give a different (wrong) result.
             start = cfg.epochs
     warm = {t: cfg.warmup_epochs for t in WARMUP_TERMS}
+    # Under torchrun the step runs through DDP (it averages gradients over ranks); the epoch
+    # hook, evaluation and checkpoints use the network itself.
+    step_net, adjust = model, None
+    if world > 1:
+        step_net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+        adjust = _data_parallel_task(world, device)
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method}", disable=not progress or rank > 0,
                initial=start, total=cfg.epochs, leave=False)
     for epoch in bar:
-        if hasattr(model, "on_epoch_start"):
-            model.on_epoch_start(epoch, train, device)
-        model.train()
+        model.on_epoch_start(epoch, train, device)
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        for batch in train.batches(cfg.batch_size, shuffle=True, generator=g, rank=rank, world=world):
-            batch = batch.to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                o = model(batch)
-                terms = {"task": task_loss(o.logits, flat_targets(batch)), **o.aux}
-            loss, logged = total_objective(terms, cfg.weights, epoch, warm)
-            opt.zero_grad(set_to_none=True)
-            if world > 1:
-                # Gradients are summed over ranks: the task loss (a mean over samples) is
-                # weighted by this rank's share of the global batch; the other terms are already
-                # global-batch statistics (gathered rows), identical on every rank, so each
-                # rank carries 1/world of them.
-                n_local = torch.tensor(float(len(batch)), device=device)
-                n_all = n_local.clone()
-                dist.all_reduce(n_all)
-                task = terms["task"]
-                ((loss - task) / world + task * n_local / n_all).backward()
-                _allreduce_grads(model)
-                # Log the global-batch task loss, as one process would.
-                task_all = task.detach() * n_local / n_all
-                dist.all_reduce(task_all)
-                logged["total"] = logged["total"] - logged["task"] + task_all
-                logged["task"] = task_all
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+        loss_fn = supervised_loss(cfg.weights, epoch, warm, adjust)
+        for logged in train_epoch(step_net, train, opt, loss_fn, cfg, epoch, device, rank, world):
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_steps += 1
