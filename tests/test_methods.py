@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from dsrsd.base import FusionModel
+from dsrsd.base import DirectFit, FusionModel
 from dsrsd.baselines import LateLogitFusion, Unimodal
 from dsrsd.clear import cross_covariance
 from dsrsd.config import TrainConfig
 from dsrsd.coral import COrAL, COrALProbe, nt_xent
-from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, Splits, TaskSpec, flat_targets
+from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, Splits, TaskSpec
 from dsrsd.data.synthetic import load_synthetic
 from dsrsd.errors import DsrsdError
-from dsrsd.losses import task_loss, total_objective
 from dsrsd.registry import METHODS, build_model
+from dsrsd.step import supervised_loss
 from dsrsd.train import fit
 
 D = 32
@@ -76,9 +76,9 @@ def _batch_with_missing(data: MultimodalData, n: int = 64) -> Batch:
     return b
 
 
-def _net(model):
-    """The torch network behind a model (the probe wraps one)."""
-    return model.net if isinstance(model, COrALProbe) else model
+def _net(model) -> FusionModel:
+    """The torch network behind a model (a direct-fit method holds one in ``net``)."""
+    return model.net if isinstance(model, DirectFit) else model
 
 
 def _logits(model, batch: Batch) -> torch.Tensor:
@@ -143,9 +143,8 @@ def test_learnable_tensors_registered_and_trained(splits, method, params):
     torch.manual_seed(0)
     cfg = _cfg(method, params)
     tr = splits.train
-    model = build_model(cfg, tr.specs, tr.task, tr)
-    if hasattr(model, "on_epoch_start"):
-        model.on_epoch_start(0, tr, torch.device("cpu"))
+    model = _net(build_model(cfg, tr.specs, tr.task, tr))
+    model.on_epoch_start(0, tr, torch.device("cpu"))
     # 1. every tensor that requires grad is a registered parameter; buffers never do.
     found, stray = set(), []
     for name, mod in model.named_modules():
@@ -167,13 +166,10 @@ def test_learnable_tensors_registered_and_trained(splits, method, params):
     # 2. one backward reaches every parameter with a non-zero gradient.
     model.train()
     batch = _batch_with_missing(tr, 96)
-    net = _net(model)
-    if isinstance(model, COrALProbe):
-        loss = net.coral_losses(batch, net.present_mask(batch))["coral"]
-    else:
-        out = model(batch)
-        terms = {"task": task_loss(out.logits, flat_targets(batch)), **out.aux}
-        loss, _ = total_objective(terms, cfg.weights)
+    # the loss function the one train step uses (the probe protocol pre-trains on its own)
+    loss_fn = type(model).ssl_loss if params.get("protocol") == "probe" else \
+        supervised_loss(cfg.weights)
+    loss, _ = loss_fn(model, batch)
     loss.backward()
     dead = [n for n, p in model.named_parameters()
             if p.grad is None or not bool(p.grad.abs().sum() > 0)]
@@ -188,9 +184,8 @@ def test_missing_modalities_are_ignored(splits, method, params):
     torch.manual_seed(0)
     tr = splits.train
     model = build_model(_cfg(method, params), tr.specs, tr.task, tr)
-    if hasattr(model, "on_epoch_start"):
-        model.on_epoch_start(0, tr, torch.device("cpu"))
-    model.eval()
+    _net(model).on_epoch_start(0, tr, torch.device("cpu"))
+    _net(model).eval()
     batch = _batch_with_missing(splits.val, 96)
     with torch.no_grad():
         ref = _logits(model, batch)
@@ -362,8 +357,7 @@ def test_per_step_is_causal(method, params):
     tr = sp.train
     torch.manual_seed(0)
     model = build_model(_cfg(method, params), tr.specs, tr.task, tr)
-    if hasattr(model, "on_epoch_start"):
-        model.on_epoch_start(0, tr, torch.device("cpu"))
+    model.on_epoch_start(0, tr, torch.device("cpu"))
     model.eval()
     batch = tr.batch(torch.arange(len(tr)))
     t0 = 3
