@@ -50,6 +50,7 @@ from collections.abc import Callable
 from itertools import combinations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsrsd import losses
@@ -117,6 +118,12 @@ class DSRSDNet(FusionModel):
             (term ``modality_task``, returned already weighted; 0 = not built). [R].
         recon_rows: ``all`` (default: reconstruction over every row) or ``aux`` (over the same
             bounded sample as the other auxiliary terms). [R].
+        batched_streams: compute the per-modality projections (adapters, back-projections,
+            private MLPs, fusion scores) as batched matmuls over stacked weights and the shared
+            projector and alignment head once over all modalities' rows. Same model and
+            parameters (checkpoints interchange), same values up to float rounding: not
+            bit-identical to the default path (summation order of the weight gradients), so off
+            by default. Speed only.
     """
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, k: int = 64,
@@ -124,7 +131,8 @@ class DSRSDNet(FusionModel):
                  fusion: str = "gate", temperature: float = 0.1, regression: str = "cosine",
                  decorrelation: str = "vicreg", orthogonality: str = "frobenius",
                  max_aux_rows: int = 1024, contrastive: str = "clip", task_reads: str = "aligned",
-                 modality_task_weight: float = 0.0, recon_rows: str = "all"):
+                 modality_task_weight: float = 0.0, recon_rows: str = "all",
+                 batched_streams: bool = False):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
         if len(specs) < 2:
             raise DsrsdError(f"DSRSD-Net needs at least 2 modalities, got {len(specs)}")
@@ -147,6 +155,7 @@ class DSRSDNet(FusionModel):
         self.orthogonality_form, self.max_aux_rows = orthogonality, max_aux_rows
         self.contrastive, self.task_reads = contrastive, task_reads
         self.modality_task_weight, self.recon_rows = float(modality_task_weight), recon_rows
+        self.batched_streams = bool(batched_streams)
 
         self.adapters = nn.ModuleList(nn.Linear(d, d) for _ in range(m))
         self.shared = mlp(d, d, k)
@@ -174,10 +183,45 @@ class DSRSDNet(FusionModel):
     def streams(self, batch: Batch) -> dict[str, Tensor | list[Tensor]]:
         """Shared ``s``, private ``p`` and aligned ``z`` per modality, plus ``present``."""
         hs, present = self.encode(batch)
+        if self.batched_streams:
+            s, p, z = self._streams_batched(hs)
+            return {"h": hs, "s": s, "p": p, "z": z, "present": present}
         s = [self.shared(a(h)) for a, h in zip(self.adapters, hs, strict=False)]
         p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
         z = [sm + self.align(sm) for sm in s]
         return {"h": hs, "s": s, "p": p, "z": z, "present": present}
+
+    @staticmethod
+    def _stacked(layers, x: Tensor) -> Tensor:
+        """``[M, N, d_in] -> [M, N, d_out]``: modality ``m``'s rows through ``layers[m]`` (Linear),
+        one batched matmul over the stacked weights."""
+        w = torch.stack([lin.weight for lin in layers]).transpose(1, 2)
+        if layers[0].bias is None:
+            return torch.bmm(x, w)
+        return torch.baddbmm(torch.stack([lin.bias for lin in layers]).unsqueeze(1), x, w)
+
+    def _streams_batched(self, hs: list[Tensor]) -> tuple[list[Tensor], ...]:
+        """:meth:`streams` with stacked per-modality weights (``batched_streams=True``)."""
+        m, n = len(hs), hs[0].shape[0]
+        h = torch.stack(hs)
+        a = self._stacked(self.adapters, h)
+        s = self.shared(a.reshape(m * n, -1)).reshape(m, n, -1)
+        r = h - self._stacked(self.back, s)
+        # The private MLPs (Linear -> GELU -> LayerNorm -> Dropout -> Linear), stacked.
+        first, norm, drop, last = ([f[i] for f in self.private] for i in (0, 2, 3, 4))
+        x = F.gelu(self._stacked(first, r))
+        x = F.layer_norm(x, norm[0].normalized_shape, eps=norm[0].eps)
+        x = x * torch.stack([ln.weight for ln in norm]).unsqueeze(1) + torch.stack(
+            [ln.bias for ln in norm]).unsqueeze(1)
+        x = F.dropout(x, drop[0].p, self.training)
+        p = self._stacked(last, x)
+        z = s + self.align(s.reshape(m * n, -1)).reshape(m, n, -1)
+        return list(s.unbind(0)), list(p.unbind(0)), list(z.unbind(0))
+
+    def _scores_batched(self, s: list[Tensor], p: list[Tensor]) -> Tensor:
+        x = torch.cat([torch.stack(s), torch.stack(p)], 2)
+        x = torch.tanh(self._stacked([sc[0] for sc in self.score], x))
+        return self._stacked([sc[2] for sc in self.score], x).squeeze(-1).T
 
     def fuse(self, s: list[Tensor], p: list[Tensor], z: list[Tensor],
              present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -191,10 +235,16 @@ class DSRSDNet(FusionModel):
         if self.fusion == "mean":
             alpha = pres / n_present
         else:
-            scores = torch.cat([sc(torch.cat([si, pi], 1)) for sc, si, pi in zip(self.score, s, p, strict=False)], 1)
+            if self.batched_streams:
+                scores = self._scores_batched(s, p)
+            else:
+                scores = torch.cat([sc(torch.cat([si, pi], 1))
+                                    for sc, si, pi in zip(self.score, s, p, strict=False)], 1)
             alpha = torch.softmax(scores.float().masked_fill(~present, float("-inf")), 1)
             alpha = alpha.to(z[0].dtype)
-        s_bar = sum(alpha[:, i:i + 1] * z[i] for i in range(len(z)))
+        s_bar = alpha[:, :1] * z[0]  # (not sum(): its 0 + ... start is one more op per step)
+        for i in range(1, len(z)):
+            s_bar = s_bar + alpha[:, i:i + 1] * z[i]
         if self.fusion == "blocks":
             # Block weights M * alpha_m: 1 for every present modality when alpha is uniform (so
             # the head can read the private streams as early fusion reads the encodings), 0 for
@@ -203,8 +253,12 @@ class DSRSDNet(FusionModel):
             f = torch.cat([s_bar, *(p[i] * w[:, i:i + 1] for i in range(len(p)))], 1)
             return f, alpha, torch.ones_like(s_bar)
         # Missing private streams are zero; rescaling by M / n_present keeps the summary's scale.
-        p_cat = torch.cat([p[i] * pres[:, i:i + 1] for i in range(len(p))], 1)
-        p_bar = self.private_mix(p_cat) * (len(p) / n_present)
+        # With every modality present both factors are exactly 1: skipped (the same numbers).
+        if bool(present.all()):
+            p_bar = self.private_mix(torch.cat(p, 1))
+        else:
+            p_cat = torch.cat([p[i] * pres[:, i:i + 1] for i in range(len(p))], 1)
+            p_bar = self.private_mix(p_cat) * (len(p) / n_present)
         g = torch.sigmoid(self.gate(torch.cat([s_bar, p_bar], 1)))
         return g * s_bar + (1 - g) * p_bar, alpha, g
 

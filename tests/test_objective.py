@@ -302,3 +302,25 @@ def test_default_model_builds_no_new_modules():
     names = {n.split(".")[0] for n, _ in DSRSDNet(sp.train.specs, sp.train.task).named_parameters()}
     assert names == {"encoders", "adapters", "shared", "back", "private", "align", "score",
                      "private_mix", "gate", "head", "decoders"}
+
+
+@pytest.mark.parametrize("data", ["synthetic", "per_step"])
+def test_batched_streams_match_the_default_path(data):
+    """``batched_streams=True`` is the same model (same parameters, checkpoints interchange):
+    forward values and gradients agree to float rounding (not bit for bit)."""
+    sp = load_synthetic(n=200, missing_rate=0.2) if data == "synthetic" else _per_step()
+    torch.manual_seed(0)
+    a = DSRSDNet(sp.train.specs, sp.train.task, d=32, k=16, dropout=0.0)
+    b = DSRSDNet(sp.train.specs, sp.train.task, d=32, k=16, dropout=0.0, batched_streams=True)
+    b.load_state_dict(a.state_dict())
+    batch = sp.train.batch(torch.arange(len(sp.train)))
+    oa, ob = a(batch), b(batch)
+    assert torch.allclose(oa.logits, ob.logits, atol=1e-5)
+    assert torch.allclose(oa.info["alpha"], ob.info["alpha"], atol=1e-5)
+    for k in oa.aux:
+        assert torch.allclose(oa.aux[k], ob.aux[k], atol=1e-5), k
+    (oa.logits.sum() + sum(oa.aux.values())).backward()
+    (ob.logits.sum() + sum(ob.aux.values())).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        if pa.grad is not None:
+            assert torch.allclose(pa.grad, pb.grad, atol=1e-4, rtol=1e-4), name
