@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -40,19 +39,16 @@ def provenance(device: torch.device) -> dict:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``data`` durably (fsync) and readably (0644) through the package's one atomic
+    write, :func:`dsrsd.data.paths.atomic_file` (temp file in the same folder, then rename)."""
+    from dsrsd.data.paths import atomic_file
+
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
