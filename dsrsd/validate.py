@@ -196,9 +196,15 @@ def _assist_hints() -> dict[str, Any]:
     return signature_hints(load_assist2009)
 
 
+def _kt_hints() -> dict[str, Any]:
+    from dsrsd.data.kt import load_kt
+    return signature_hints(load_kt)
+
+
 # dataset -> (its keyword hints, the loader's own range check, keys set elsewhere)
 DATA_SIGNATURES: dict[str, Callable[[], dict[str, Any]]] = {
-    "synthetic": _synthetic_hints, "oulad": _oulad_hints, "assist2009": _assist_hints}
+    "synthetic": _synthetic_hints, "oulad": _oulad_hints, "assist2009": _assist_hints,
+    "kt": _kt_hints}
 _RESERVED = {"oulad": {"seed": "OULAD's validation draw follows the run's --seed"}}
 # ``max_train``: every dataset; a seeded subsample of that many training samples (dsrsd.data)
 COMMON_DATA = {"max_train": int}

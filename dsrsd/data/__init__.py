@@ -5,7 +5,7 @@ from __future__ import annotations
 from dsrsd.data.batch import Batch, ModalitySpec, MultimodalData, Splits, TaskSpec, flat_targets
 from dsrsd.errors import DsrsdError
 
-DATASETS = ("synthetic", "oulad", "assist2009")
+DATASETS = ("synthetic", "oulad", "assist2009", "kt")
 
 
 def check_dataset_params(name: str, params: dict) -> None:
@@ -26,7 +26,14 @@ def check_dataset_params(name: str, params: dict) -> None:
         from dsrsd.data.assist import check_params, load_assist2009
         kw = inspect.signature(load_assist2009).bind_partial(**params)
         kw.apply_defaults()
-        check_params(kw.arguments["fold"], kw.arguments["max_len"], kw.arguments["text_dim"])
+        check_params(*(kw.arguments[k] for k in ("fold", "max_len", "text_dim", "valid",
+                                                 "inner_frac")))
+    elif name == "kt":
+        from dsrsd.data.kt import check_kt_params, load_kt
+        kw = inspect.signature(load_kt).bind_partial(**params)
+        kw.apply_defaults()
+        check_kt_params(*(kw.arguments[k] for k in ("path", "fold", "max_len", "text_dim", "valid",
+                                                    "inner_frac", "name")))
 
 
 def subsample_train(splits: Splits, max_train: int, seed: int) -> Splits:
@@ -61,6 +68,9 @@ def _load(name: str, seed: int, **params) -> Splits:
     if name == "assist2009":
         from dsrsd.data.assist import load_assist2009
         return load_assist2009(**params)
+    if name == "kt":  # any knowledge-tracing data set: AKT folder, pyKT folder, skill-builder CSV
+        from dsrsd.data.kt import load_kt
+        return load_kt(**params)
     raise DsrsdError(f"unknown dataset {name!r} (expected one of {', '.join(DATASETS)})")
 
 
