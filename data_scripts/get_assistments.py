@@ -7,6 +7,10 @@ their SHA-256 sums. --source takes a local copy of that folder (sums checked unl
 or the original skill_builder_data_corrected.csv. The cache goes to <data-dir>/assist2009/
 (data dir: --data-dir, else $DSRSD_DATA, else ~/.cache/dsrsd). A second run with a valid cache
 does nothing. Errors print ``error: ...`` and exit with status 2.
+
+This prepares the ``assist2009`` preset (pinned file names and SHA-256 sums). Any other
+knowledge-tracing data (an AKT folder of any name, pyKT's sequence files, a skill-builder CSV)
+needs no script: ``--dataset kt --data path=DIR_OR_CSV`` parses and caches it on first use.
 """
 
 from __future__ import annotations
