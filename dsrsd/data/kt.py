@@ -27,7 +27,7 @@ import numpy as np
 
 from dsrsd.data.batch import Splits
 from dsrsd.data.kt_features import build, inner_split, to_splits
-from dsrsd.data.kt_parse import PARTS, ROW_KEYS, read_any, sha256, source_files
+from dsrsd.data.kt_parse import PARTS, PYKT_TRAIN, ROW_KEYS, read_any, sha256, source_files
 from dsrsd.data.paths import atomic_dir, cached_torch, data_dir, read_json
 from dsrsd.errors import DsrsdError
 
@@ -80,6 +80,8 @@ def choose_validation(parts: dict, valid: str, inner_frac: float, inner_seed: in
 
 
 def _slug(path: Path) -> str:
+    if path.is_file() and path.name == PYKT_TRAIN:  # the train file names its folder's data set
+        path = path.parent
     stem = path.name if path.is_dir() else path.stem
     return re.sub(r"[^A-Za-z0-9._+=-]", "_", stem).lstrip("._-")[:48] or "kt"
 
