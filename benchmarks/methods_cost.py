@@ -5,36 +5,37 @@ Usage::
     python benchmarks/methods_cost.py                  # every method x dataset, --device auto
     python benchmarks/methods_cost.py --datasets synthetic --sizes 256x64 --methods early,coral
 
-Every (method, dataset, size) is measured in a *fresh subprocess*, so one method's allocator
-caches can not hide another's memory. Datasets: ``synthetic`` (3 modalities: 2 tabular, 1
-sequence of 8 steps) at two sizes, and, when their caches are prepared (``data_scripts/``),
-``oulad`` (cutoff 0.5, temporal) and ``assist2009`` (fold 1, windows of 200 steps, per-step
-targets) at the batch size and width the sweep uses (512x64 and 32x64). In the child, with one
-fixed batch (the first training rows) of the requested size:
+Datasets: ``synthetic`` (3 modalities: 2 tabular, 1 sequence of 8 steps) at two sizes, and, when
+their caches are prepared (``data_scripts/``), ``oulad`` (cutoff 0.5, temporal) and
+``assist2009`` (fold 1, windows of 200 steps, per-step targets) at the batch size and width the
+sweep uses (512x64 and 32x64). Each method gets one fixed batch (the first training rows).
 
-* **step time**: one training step exactly as ``dsrsd.train`` does it (forward under the trainer's
-  autocast, task loss + weighted aux terms, backward, gradient clipping, AdamW step); median and
-  25/75th percentiles over ``--steps`` steps after ``--warmup`` steps (CUDA: synchronised).
-* **peak memory** during the steps (warm-up included), over what was allocated before them:
+* **step time**, *in one process, interleaved*: every method of a (dataset, size) is built
+  first; then, in each of ``--rounds`` rounds, each method runs ``--number`` steps timed by
+  ``torch.utils.benchmark.Timer`` (synchronised on CUDA), in an order rotated every round, so
+  machine load drifts over all methods alike. A step is :func:`dsrsd.step.train_step`, the
+  trainer's own (forward under its autocast, task loss + weighted aux terms, backward,
+  gradient clipping, AdamW); COrAL's probe protocol runs its pre-training step. Reported: the
+  median, 25/75th percentiles and minimum of the per-step time over rounds, and
+  ``ratio_to_early``, the median over rounds of the time relative to early fusion *in the same
+  round* (a paired ratio: load common to a round cancels).
+* **peak memory**, in a *fresh subprocess* per method (one method's allocator caches can not
+  hide another's), over ``--warmup`` + 3 steps, over what was allocated before them:
   - CUDA: ``torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()`` (tensor bytes
     held by the caching allocator's users; the allocator's reserve is not counted);
   - CPU: peak resident set size (``VmHWM`` after resetting it by writing 5 to
-    ``/proc/self/clear_refs``) minus the RSS before the first step. It counts gradients, AdamW
-    state and the activations of the largest step, plus whatever the allocator keeps mapped; it
-    is a process-level figure (page granularity, includes allocator slack), not tensor bytes.
-    Where ``clear_refs`` cannot be written, ``ru_maxrss`` is used instead (``mem_measure`` says
-    which; ``ru_maxrss`` under-reports when setup peaked higher than training).
-* **epoch hook**: the time of one ``on_epoch_start`` (CLEAR dynamic: the per-epoch pass over the
-  training split plus the SVD), not part of the step time. It runs after the measured steps
-  (its freed memory would otherwise be reused by the steps and hide theirs); the projection in
-  the step costs the same whatever the projector holds.
+    ``/proc/self/clear_refs``) minus the RSS before the first step: gradients, AdamW state and
+    the activations of the largest step, plus allocator slack (page granularity), not tensor
+    bytes. Where ``clear_refs`` cannot be written, ``ru_maxrss`` is used (``mem_measure``).
+  ``--no-memory`` skips it.
+* **epoch hook**: the time of one ``on_epoch_start`` where a method has one (CLEAR dynamic: the
+  per-epoch pass over the training split plus the SVD), not part of the step time.
 
-``--threads N`` fixes torch's CPU threads per child (default: torch's choice). On a shared
-machine CPU timings are noisy: the median is robust to short spikes, ``step_ms_min`` is a lower
-bound, and sustained load from other processes inflates every column.
+``--threads N`` fixes torch's CPU threads (default: torch's choice). On a shared machine CPU
+timings are noisy; interleaving makes the ratios robust to slow drifts, not to load spikes.
 
 ``samples_per_s`` is batch rows per second of training (ASSISTments: student windows of up to
-200 scored steps each). Writes ``results/cost.csv`` and prints the table.
+200 scored steps each). Writes ``results/cost.csv`` (``--out``) and prints the table.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ DATASETS = {"synthetic": ("256x64,1024x128", {}),
 
 FIELDS = ["dataset", "method", "registry_method", "method_params", "device", "batch", "d",
           "n_params", "samples_per_s", "ratio_to_early", "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_min", "peak_mem_mb", "mem_measure",
-          "epoch_hook_ms", "n_train", "torch_threads"]
+          "epoch_hook_ms", "n_train", "torch_threads", "timing", "rounds", "steps_per_round"]
 
 
 def _rss_kb() -> int:
@@ -102,60 +103,106 @@ def _reset_hwm() -> bool:
         return False
 
 
+class Case:
+    """One method ready to step on one fixed batch: the model, its optimiser, the step."""
+
+    def __init__(self, variant: str, dataset: str, batch_size: int, d: int, device_name: str,
+                 splits):
+        import torch
+
+        from dsrsd.base import DirectFit
+        from dsrsd.config import TrainConfig
+        from dsrsd.registry import build_model
+        from dsrsd.step import make_optimizer, supervised_loss, train_step
+        from dsrsd.train import resolve_device
+
+        method, params = VARIANTS[variant]
+        self.variant, self.method, self.params = variant, method, params
+        self.device = device = resolve_device(device_name)
+        train = splits.train
+        if len(train) < batch_size:
+            raise SystemExit(f"{dataset}: {len(train)} training rows < batch {batch_size}")
+        cfg = TrainConfig(method=method, method_params=dict(params), d=d,
+                          batch_size=batch_size, device=device_name)
+        self.model = build_model(cfg, train.specs, train.task, train)
+        # The probe protocol's network pre-trains on its own loss; the others on the trainer's.
+        self.net = self.model.net if isinstance(self.model, DirectFit) else self.model
+        self.net.to(device)
+        loss_fn = (type(self.net).ssl_loss if isinstance(self.model, DirectFit)
+                   else supervised_loss(cfg.weights))
+        opt = make_optimizer(self.net, cfg)
+        batch = train.batch(torch.arange(batch_size)).to(device)
+        self.net.train()
+
+        def step():
+            train_step(self.net, batch, opt, loss_fn, device, cfg.amp, cfg.grad_clip)
+
+        self.step, self.train, self.cfg = step, train, cfg
+
+    def sync(self) -> None:
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def hook_ms(self) -> float:
+        """One ``on_epoch_start`` where the method overrides the no-op default, else NaN."""
+        from dsrsd.base import DirectFit, FusionModel
+        if isinstance(self.model, DirectFit) or \
+                type(self.net).on_epoch_start is FusionModel.on_epoch_start:
+            return float("nan")
+        self.sync()
+        t = time.perf_counter()
+        self.net.on_epoch_start(0, self.train, self.device)
+        self.sync()
+        return 1000 * (time.perf_counter() - t)
+
+
+def load_splits(dataset: str, batch_size: int):
+    if dataset == "synthetic":
+        from dsrsd.data.synthetic import load_synthetic
+        n = math.ceil(batch_size / 0.7) + 64  # the 70% training part holds one full batch
+        return load_synthetic(n=n)
+    from dsrsd.data import load_dataset
+    return load_dataset(dataset, seed=0, **DATASETS[dataset][1])
+
+
+def time_interleaved(cases: list[Case], rounds: int, number: int, warmup: int) -> dict:
+    """Per-step times (ms) of every case per round, from ``torch.utils.benchmark.Timer``,
+    interleaved: each round runs every case once, in an order rotated every round."""
+    import torch
+    from torch.utils.benchmark import Timer
+
+    for c in cases:
+        for _ in range(warmup):
+            c.step()
+        c.sync()
+    timers = {c.variant: Timer("step()", globals={"step": c.step},
+                               num_threads=torch.get_num_threads(), label=c.variant)
+              for c in cases}
+    times: dict[str, list[float]] = {c.variant: [] for c in cases}
+    for r in range(rounds):
+        k = r % len(cases)
+        for c in cases[k:] + cases[:k]:
+            m = timers[c.variant].timeit(number)  # synchronises CUDA around the block
+            times[c.variant].append(1000 * m.mean)
+    return times
+
+
 def child(args) -> dict:
-    """Measure one (variant, batch, d) in this process; returns the CSV row."""
+    """Peak memory of one (variant, batch, d) in this fresh process; returns the fields."""
     import torch
 
-    from dsrsd.config import TrainConfig
-    from dsrsd.coral import COrALProbe
-    from dsrsd.data.batch import flat_targets
-    from dsrsd.data.synthetic import load_synthetic
-    from dsrsd.losses import task_loss, total_objective
-    from dsrsd.registry import build_model
-    from dsrsd.train import _autocast, _param_groups, count_parameters, resolve_device, set_seed
+    from dsrsd.train import set_seed
 
-    method, params = VARIANTS[args.variant]
-    device = resolve_device(args.device)
+    set_seed(0)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    set_seed(0)
-    if args.dataset == "synthetic":
-        n = math.ceil(args.batch / 0.7) + 64  # the 70% training part holds one full batch
-        splits = load_synthetic(n=n)
-    else:
-        from dsrsd.data import load_dataset
-        splits = load_dataset(args.dataset, seed=0, **DATASETS[args.dataset][1])
-    train = splits.train
-    if len(train) < args.batch:
-        raise SystemExit(f"{args.dataset}: {len(train)} training rows < batch {args.batch}")
-    cfg = TrainConfig(method=method, method_params=dict(params), d=args.d,
-                      batch_size=args.batch, device=args.device)
-    model = build_model(cfg, train.specs, train.task, train).to(device)
-    net = model.net if isinstance(model, COrALProbe) else model
-    opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr)
-    batch = train.batch(torch.arange(args.batch)).to(device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def step():
-        net.train()
-        with _autocast(device, cfg.amp):
-            if isinstance(model, COrALProbe):  # the probe protocol's self-supervised step
-                loss = net.coral_losses(batch, net.present_mask(batch))["coral"]
-            else:
-                o = net(batch)
-                terms = {"task": task_loss(o.logits, flat_targets(batch)), **o.aux}
-                loss, _ = total_objective(terms, cfg.weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-
+    case = Case(args.variant, args.dataset, args.batch, args.d, args.device,
+                load_splits(args.dataset, args.batch))
+    device = case.device
     gc.collect()
     if device.type == "cuda":
-        sync()
+        case.sync()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         measure = "cuda.max_memory_allocated"
@@ -164,38 +211,69 @@ def child(args) -> dict:
         measure = "VmHWM-RSS" if _reset_hwm() else "ru_maxrss-RSS"
         if measure.startswith("ru_"):
             base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for i in range(args.warmup + args.steps):
-        sync()
-        t = time.perf_counter()
-        step()
-        sync()
-        if i >= args.warmup:
-            times.append(1000 * (time.perf_counter() - t))
+    for _ in range(args.warmup + 3):
+        case.step()
+    case.sync()
     if device.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     elif measure == "VmHWM-RSS":
         peak_mb = (_hwm_kb() - base) / 1024
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    # The epoch hook runs after the measured steps, so its (freed) allocations cannot be
-    # reused by the steps and hide their memory. The projection costs the same either way.
-    hook_ms = float("nan")
-    if hasattr(model, "on_epoch_start"):
-        sync()
-        t = time.perf_counter()
-        model.on_epoch_start(0, train, device)
-        sync()
-        hook_ms = 1000 * (time.perf_counter() - t)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"dataset": args.dataset, "method": args.variant, "registry_method": method,
-            "method_params": json.dumps(params, sort_keys=True), "device": device.type,
-            "batch": args.batch, "d": args.d, "n_params": count_parameters(net),
-            "samples_per_s": round(1000 * args.batch / statistics.median(times), 1),
-            "step_ms_median": round(statistics.median(times), 2), "step_ms_p25": round(q[0], 2),
-            "step_ms_p75": round(q[2], 2), "step_ms_min": round(min(times), 2), "peak_mem_mb": round(peak_mb, 1),
-            "mem_measure": measure, "epoch_hook_ms": round(hook_ms, 1), "n_train": len(train),
-            "torch_threads": torch.get_num_threads()}
+    return {"peak_mem_mb": round(peak_mb, 1), "mem_measure": measure}
+
+
+def _memory(args, ds: str, v: str, b: int, d: int, env: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--variant", v, "--batch", str(b), "--d", str(d),
+           "--device", args.device, "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--dataset", ds]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{v} {ds} b={b} d={d}: memory FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return {"peak_mem_mb": float("nan"), "mem_measure": "failed"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def measure_group(args, ds: str, b: int, d: int, variants: list[str], env: dict) -> list[dict]:
+    """Every variant at one (dataset, size): interleaved step times here, memory in children."""
+    import torch
+
+    from dsrsd.errors import DsrsdError
+    from dsrsd.train import count_parameters, set_seed
+
+    splits = load_splits(ds, b)
+    cases = []
+    for v in variants:
+        set_seed(0)
+        try:
+            cases.append(Case(v, ds, b, d, args.device, splits))
+        except DsrsdError as e:  # e.g. a protocol the method does not support here
+            print(f"  {ds:<11} {v:<20} not measured: {e}")
+    times = time_interleaved(cases, args.rounds, args.number, args.warmup)
+    early = times.get("early")
+    rows = []
+    for c in cases:
+        t = times[c.variant]
+        q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0]] * 3
+        ratio = (round(statistics.median([x / e for x, e in zip(t, early, strict=True)]), 2)
+                 if early else float("nan"))
+        mem = _memory(args, ds, c.variant, b, d, env) if args.memory else \
+            {"peak_mem_mb": float("nan"), "mem_measure": "-"}
+        med = statistics.median(t)
+        row = {"dataset": ds, "method": c.variant, "registry_method": c.method,
+               "method_params": json.dumps(c.params, sort_keys=True), "device": c.device.type,
+               "batch": b, "d": d, "n_params": count_parameters(c.net),
+               "samples_per_s": round(1000 * b / med, 1), "ratio_to_early": ratio,
+               "step_ms_median": round(med, 2), "step_ms_p25": round(q[0], 2),
+               "step_ms_p75": round(q[2], 2), "step_ms_min": round(min(t), 2), **mem,
+               "epoch_hook_ms": round(c.hook_ms(), 1), "n_train": len(c.train),
+               "torch_threads": torch.get_num_threads(), "timing": "interleaved",
+               "rounds": args.rounds, "steps_per_round": args.number}
+        rows.append(row)
+        print(f"  {ds:<11} {c.variant:<20} b={b:<5} d={d:<4} {row['step_ms_median']:>9.1f} ms/step "
+              f"{ratio:>6.2f}x early {row['peak_mem_mb']:>8.1f} MB", flush=True)
+    return rows
 
 
 def _prepared(dataset: str) -> bool:
@@ -216,10 +294,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=None,
                     help="comma list of BATCHxD for every dataset (default: per dataset)")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="comma list of variants")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    ap.add_argument("--number", type=int, default=2, help="steps per method per round")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads per child (0: torch's default)")
+                    help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="skip the peak-memory subprocesses")
     ap.add_argument("--out", default=str(ROOT / "results" / "cost.csv"))
     ap.add_argument("--merge", action="store_true",
                     help="replace only the measured datasets' rows of an existing --out CSV")
@@ -250,31 +331,12 @@ def main(argv=None) -> int:
     skipped = {ds for ds in datasets if not _prepared(ds)}
     for ds in sorted(skipped):
         print(f"{ds}: skipped (its cache is not prepared; see data_scripts/)", file=sys.stderr)
+    if args.threads > 0:
+        import torch
+        torch.set_num_threads(args.threads)
     for ds, b, d in grid:
-        for v in variants:
-            if ds in skipped:
-                continue
-            cmd = [sys.executable, __file__, "--child", "--variant", v, "--batch", str(b),
-                   "--d", str(d), "--device", args.device, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--dataset", ds]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                if "DsrsdError" in err:  # e.g. a protocol the method does not support here
-                    print(f"  {ds:<11} {v:<20} not measured: {err.split(': ', 1)[-1]}")
-                else:
-                    print(f"{v} {ds} b={b} d={d}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            row = json.loads(lines[-1][len("RESULT "):])
-            rows.append(row)
-            print(f"  {ds:<11} {v:<20} b={b:<5} d={d:<4} {row['step_ms_median']:>9.1f} ms/step "
-                  f"{row['peak_mem_mb']:>8.1f} MB", flush=True)
-    for r in rows:  # time per step relative to early fusion at the same dataset and size
-        base = [e for e in rows if e["method"] == "early" and
-                (e["dataset"], e["batch"], e["d"]) == (r["dataset"], r["batch"], r["d"])]
-        r["ratio_to_early"] = (round(r["step_ms_median"] / base[0]["step_ms_median"], 2)
-                               if base else float("nan"))
+        if ds not in skipped:
+            rows += measure_group(args, ds, b, d, variants, env)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     keep = []

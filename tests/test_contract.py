@@ -113,3 +113,20 @@ def test_fusion_models_declare_the_hooks(splits):
     model.batch_gather = lambda u: torch.cat([u, u])
     assert model.gather_batch(t).shape == (6, 2)
     assert model.on_epoch_start(0, tr, torch.device("cpu")) is None
+
+
+def test_cost_benchmark_times_the_one_step_interleaved(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    out = tmp_path / "cost.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "methods_cost.py"),
+                        "--datasets", "synthetic", "--sizes", "32x8", "--methods", "early,dsrsd",
+                        "--rounds", "2", "--number", "1", "--warmup", "1", "--no-memory",
+                        "--threads", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [x["method"] for x in rows] == ["early", "dsrsd"]
+    assert all(x["timing"] == "interleaved" and float(x["step_ms_median"]) > 0 for x in rows)
+    assert float(rows[0]["ratio_to_early"]) == 1.0
