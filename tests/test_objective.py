@@ -236,8 +236,8 @@ def test_blocks_fusion_alpha_is_a_distribution_over_present_modalities():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            first = float(loss) if first is None else first
-            last = float(loss)
+            first = float(loss.detach()) if first is None else first
+            last = float(loss.detach())
     assert last < first
     model.eval()
     batch = sp.test.batch(torch.arange(len(sp.test)))
