@@ -486,11 +486,12 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _worker(run: dict, out: str, executor: str, conn) -> None:
+def _worker(run: dict, out: str, executor: str, conn, ignore_sigint: bool = False) -> None:
     import signal
     # Ctrl-C reaches the whole process group: the sweep reports it once; a worker just stops
-    # (keeping last.pt and the in-progress marker, so the next sweep resumes the run).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # (keeping last.pt and the in-progress marker, so the next sweep resumes the run). A sweep
+    # that ignores SIGINT (started nohup-style or in the background) keeps its workers too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _init_worker()
     conn.send(run_one(run, out, executor))
@@ -520,16 +521,18 @@ def _run_parallel(todo: list[dict], out: str, jobs: int, executor: str, done) ->
     """Each run in its own process, ``jobs`` at a time; a process that dies (OOM killer, a
     signal) becomes that run's ``error.json`` and the others go on."""
     import multiprocessing as mp
+    import signal
     from multiprocessing.connection import wait
 
     ctx = mp.get_context()
+    ignore_sigint = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     pending, running = list(todo), {}
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 r = pending.pop(0)
                 recv, send = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_worker, args=(r, out, executor, send))
+                p = ctx.Process(target=_worker, args=(r, out, executor, send, ignore_sigint))
                 p.start()
                 send.close()
                 running[p.sentinel] = (p, recv, r, time.perf_counter())

@@ -569,6 +569,13 @@ def test_papermill_kill_after_record_is_redone(tmp_path, capsys):
     assert left == ["metrics.json", "run.ipynb"], left
 
 
+def _ctrl_c_reaches_it() -> None:
+    """Popen preexec: Ctrl-C as at a terminal. A command started in the background by a
+    non-interactive shell (as CI may run pytest) inherits SIGINT ignored, and Python then keeps
+    ignoring it: the child would never see the signal these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"),
                                             (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_train_is_one_line_and_resumable(tmp_path, capsys, sig, code, word):
@@ -576,7 +583,8 @@ def test_signal_during_train_is_one_line_and_resumable(tmp_path, capsys, sig, co
     args = ["train", "--epochs", "20", "--patience", "20", "--out", str(out), *TINY[2:],
             "--data", "n=1500"]
     proc = subprocess.Popen([PY, "-m", "dsrsd", *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_reaches_it)
     assert _wait_for(lambda: (out / "last.pt").exists()), "no checkpoint"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -588,13 +596,31 @@ def test_signal_during_train_is_one_line_and_resumable(tmp_path, capsys, sig, co
     assert r.returncode == 0, r.stderr
 
 
+def test_sweep_started_with_ctrl_c_ignored_keeps_its_workers(tmp_path):
+    """A sweep started with SIGINT ignored (nohup-style, a background job) is not stopped by a
+    Ctrl-C to its group, and neither are its workers: no run becomes a false error."""
+    out = tmp_path / "runs"
+    grid = {**SLOW_GRID, "methods": ["early", "late_logit"],
+            "config": {**SLOW_GRID["config"], "epochs": 3, "patience": 3}}
+    from dsrsd import sweep as sw
+    proc = subprocess.Popen([PY, "-m", "dsrsd", "sweep", "--grid", grid_file(tmp_path, grid),
+                             "--out", str(out), "--executor", "direct", "--jobs", "2"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert _wait_for(lambda: len(list(out.glob(f"*/{sw.RUN_LOCK}"))) == 2), "runs never started"
+    os.killpg(proc.pid, signal.SIGINT)
+    outp, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "2 ok" in outp, (outp, err[-2000:])
+
+
 def test_ctrl_c_on_a_parallel_sweep_is_one_line(tmp_path):
     from dsrsd import sweep as sw
     out = tmp_path / "runs"
     proc = subprocess.Popen([PY, "-m", "dsrsd", "sweep", "--grid", grid_file(tmp_path, SLOW_GRID),
                              "--out", str(out), "--executor", "direct", "--jobs", "2"],
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_ctrl_c_reaches_it)
     assert _wait_for(lambda: len(list(out.glob(f"*/{sw.RUN_LOCK}"))) == 2), "runs never started"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
     _, err = proc.communicate(timeout=120)
