@@ -2,7 +2,7 @@
 
 Every baseline reuses :func:`dsrsd.encoders.build_encoder` and the MLP head of
 :class:`~dsrsd.base.FusionModel`, so differences between methods come from the fusion alone
-(papers.md section 1.6, [R]):
+(book/papers.md section 1.6, [R]):
 
 * :class:`EarlyFusion` (``early``): concatenate ``[h_1; ...; h_M]`` -> MLP head.
 * :class:`Unimodal` (``unimodal``): one modality's encoder + the head; the rest is ignored.

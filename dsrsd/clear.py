@@ -3,7 +3,7 @@
 The abstract [V-abs] states the idea: model the cross-modal covariance between two modalities'
 representations, find its dominant shared directions by SVD, and project the features onto the
 complementary null space; plug-and-play, no auxiliary loss. The operator is our reconstruction
-(papers.md section 3.3, [R]); here it wraps a fusion base of this package (``early``, ``late``,
+(book/papers.md section 3.3, [R]); here it wraps a fusion base of this package (``early``, ``late``,
 ``late_logit`` or ``dsrsd``) without changing its architecture or losses:
 
 1. rows where both modalities ``a``, ``b`` of ``pair`` are present; centre: ``A - mu_a``,
@@ -18,7 +18,7 @@ complementary null space; plug-and-play, no auxiliary loss. The operator is our 
 
 Modes:
 
-* ``static`` (papers.md variant A): computed once, at construction, on the *input* features of
+* ``static`` (book/papers.md variant A): computed once, at construction, on the *input* features of
   the training split. A tabular vector is used as is; a sequence (or per-step tabular) is pooled
   by its masked mean over steps to estimate ``C``, and the feature-space projector is then
   applied to every step (projection is linear, so pooled features are projected alike). Padded

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from dsrsd.errors import DsrsdError
 
-# Default loss weights, all ours [R]. papers.md section 1.4 proposes lambda_a = 0.1, lambda_d =
+# Default loss weights, all ours [R]. book/papers.md section 1.4 proposes lambda_a = 0.1, lambda_d =
 # 0.04, lambda_o = 0.1, lambda_r = 0; with those the streams did not separate on the planted-factor
 # data (chapter 2 shows the probe numbers). These were chosen on that synthetic data only: full
 # # alignment weight with the cosine regression, orthogonality 10 (the Frobenius form averages

@@ -1,6 +1,6 @@
 """COrAL: Orthogonalized multimodal contrastive learning with asymmetric masking (arXiv 2602.14983).
 
-Follows the official code (github.com/Caro-Ci/COrAL, papers.md section 2, [V-code]):
+Follows the official code (github.com/Caro-Ci/COrAL, book/papers.md section 2, [V-code]):
 
 * **Dual path.** A *shared* path and a *unique* path, each with its own copy of every modality
   encoder (``copy.deepcopy``: identical initial weights, trained independently). Encoders give

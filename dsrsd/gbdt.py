@@ -1,7 +1,7 @@
 """Gradient-boosted trees on flattened features: the strong non-neural reference.
 
 scikit-learn's ``HistGradientBoostingClassifier`` on hand-made features of the same splits the
-neural methods see (protocols.md: "a strong, honest in-project reference is gradient boosting on
+neural methods see (book/protocols.md: "a strong, honest in-project reference is gradient boosting on
 the same cutoff features"). Features per modality:
 
 * ``tabular`` float ``[B, F]``: as is. Token ids ``[B, L]``: id counts (a bag of words).

@@ -1,6 +1,6 @@
 """Every loss of DSRSD-Net and its peers, one function per paper name. Pure functions of tensors.
 
-Tags follow ``../shared/papers.md``: [V-abs] stated by the DSRSD-Net abstract, [R] our
+Tags follow ``book/papers.md``: [V-abs] stated by the DSRSD-Net abstract, [R] our
 reconstruction from the closest published method (named in each docstring).
 
 Shapes: ``B`` rows (samples or scored steps), ``k`` feature dimensions. Where a term has a

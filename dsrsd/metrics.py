@@ -1,4 +1,4 @@
-"""Evaluation metrics (protocols.md): ROC-AUC primary; PR-AUC, accuracy, macro-F1, Brier."""
+"""Evaluation metrics (book/protocols.md): ROC-AUC primary; PR-AUC, accuracy, macro-F1, Brier."""
 
 from __future__ import annotations
 

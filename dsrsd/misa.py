@@ -1,6 +1,6 @@
 """MISA: modality-invariant and -specific representations (Hazarika et al., ACM MM 2020).
 
-Follows the reference code (declare-lab/MISA, papers.md section 4, [V-ref]) on top of this
+Follows the reference code (declare-lab/MISA, book/papers.md section 4, [V-ref]) on top of this
 package's encoders:
 
 * ``u_m = LayerNorm(ReLU(Linear(h_m)))`` (``h_m`` from the shared-by-all-methods encoders);

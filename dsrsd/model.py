@@ -6,7 +6,7 @@ mapping shared factors into a common space with contrastive + regression-style o
 decorrelation loss on the shared-space covariance and an orthogonality loss between shared and
 private streams. The TL;DR adds *gated fusion* and a task-specific predictor [TLDR].
 
-Everything concrete below is our reconstruction [R] (papers.md section 1.3):
+Everything concrete below is our reconstruction [R] (book/papers.md section 1.3):
 
 * ``s_m = P_s(A_m h_m)``: one shared projector for all modalities, after a per-modality adapter.
 * ``p_m = P_p^m(h_m - W_m s_m)``: the private stream reads the *residual* that the shared

@@ -46,7 +46,7 @@ from typing import TypedDict
 from dsrsd.errors import DsrsdError
 
 _OULAD = {"cutoff": 0.5, "label": "binary", "split": "temporal"}
-# Every neural method trains with modality dropout 0.15, papers.md's missing-modality protocol [R].
+# Every neural method trains with modality dropout 0.15, book/papers.md's missing-modality protocol [R].
 _COMMON = {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512, "modality_dropout": 0.15}
 _ALL = ["dsrsd", "early", "late", "late_logit", "unimodal", "gbdt", "coattention", "coral",
         "clear", "misa"]
@@ -62,7 +62,7 @@ _ABLATIONS = {
     "dsrsd-task_only": {"method": "dsrsd", "weights": {t: 0.0 for t in (
         "align_con", "align_reg", "decor", "orth", "recon")}},
 }
-# DSRSD-Net with papers.md section 1.4's weights (alignment 0.1 + 0.1, decorrelation 0.04,
+# DSRSD-Net with book/papers.md section 1.4's weights (alignment 0.1 + 0.1, decorrelation 0.04,
 # orthogonality 0.1, no reconstruction) instead of the package defaults, which were chosen on
 # the synthetic data (orthogonality 10). It is in the main grids because it had the best
 # validation AUC of the OULAD ablation variants (seeds 0-2); test AUC played no part.

@@ -208,7 +208,7 @@ def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "resul
     if df.empty and not any(Path(runs_dir).glob("*/error.json")):
         # never overwrite result tables with empty ones because of a wrong --runs
         raise DsrsdError(f"no run records (*/metrics.json) under {str(runs_dir)!r}")
-    # DSRSD-Net with the default weights, and with papers.md's (when the records hold it)
+    # DSRSD-Net with the default weights, and with book/papers.md's (when the records hold it)
     refs = [r for r in REFS if not df.empty and r in set(df["variant"])] or [REFS[0]]
     sig = pd.concat([significance(df, ref=r) for r in refs], ignore_index=True)
     frames = {"records": df, "summary": summary(df), "significance": sig,

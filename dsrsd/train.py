@@ -99,7 +99,7 @@ ROBUSTNESS_RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 def robustness(model: nn.Module, data: MultimodalData, device: torch.device | None = None,
                amp: bool = True, rates: tuple[float, ...] = ROBUSTNESS_RATES,
                seed: int = 0) -> dict:
-    """ROC-AUC with modalities hidden at test time (papers.md's missing-modality protocol [R]).
+    """ROC-AUC with modalities hidden at test time (book/papers.md's missing-modality protocol [R]).
 
     ``drop_rate[r]``: every present modality of every sample is hidden with probability ``r``
     (seeded; each sample keeps at least one). ``drop_modality[name]``: that modality is hidden
