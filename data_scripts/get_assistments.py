@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from dsrsd.cli import OneLineParser, os_error  # noqa: E402
+from dsrsd.cli import OneLineParser, prepare_cache  # noqa: E402
 from dsrsd.data.assist import prepare_assist2009  # noqa: E402
-from dsrsd.errors import DsrsdError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,19 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the SHA-256 check of a local AKT folder (only for test fixtures)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
     args = ap.parse_args(argv)
-    try:
-        prepare_assist2009(args.source, args.data_dir, verify=not args.no_verify,
-                           force=args.force)
-    except DsrsdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full or read-only disk, --data-dir naming a file, ...
-        print(f"error: {os_error(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (the cache is written whole or not at all)", file=sys.stderr)
-        return 130
-    return 0
+    return prepare_cache(lambda: prepare_assist2009(
+        args.source, args.data_dir, verify=not args.no_verify, force=args.force))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from dsrsd.cli import OneLineParser, os_error  # noqa: E402
+from dsrsd.cli import OneLineParser, prepare_cache  # noqa: E402
 from dsrsd.data.oulad import OULAD_ROWS, prepare_oulad  # noqa: E402
-from dsrsd.errors import DsrsdError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,19 +26,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the official row counts (only for small test fixtures)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
     args = ap.parse_args(argv)
-    try:
-        prepare_oulad(args.source, args.data_dir,
-                      expected_rows=None if args.no_count_check else OULAD_ROWS, force=args.force)
-    except DsrsdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full or read-only disk, --data-dir naming a file, ...
-        print(f"error: {os_error(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (the cache is written whole or not at all)", file=sys.stderr)
-        return 130
-    return 0
+    return prepare_cache(lambda: prepare_oulad(
+        args.source, args.data_dir, expected_rows=None if args.no_count_check else OULAD_ROWS,
+        force=args.force))
 
 
 if __name__ == "__main__":

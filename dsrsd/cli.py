@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import typing
+from collections.abc import Callable
 
 from dsrsd.errors import DsrsdError
 
@@ -165,6 +166,22 @@ def _dispatch(parser: argparse.ArgumentParser, a: argparse.Namespace, sweep_mod)
         print("error: out of memory (try a smaller --batch-size, --hidden or dataset)",
               file=sys.stderr)
         return 2
+    return 0
+
+
+def prepare_cache(prepare: Callable[[], object]) -> int:
+    """Run a data script's ``prepare`` call with the CLI's one-line error promise; the exit code."""
+    try:
+        prepare()
+    except DsrsdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk, --data-dir naming a file, ...
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (the cache is written whole or not at all)", file=sys.stderr)
+        return 130
     return 0
 
 
