@@ -35,18 +35,6 @@ def quiet(msg: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def students() -> list[dict]:
-    return make_akt_students(n_students=60, seed=0, mean_len=40, long_frac=0.15)
-
-
-@pytest.fixture(scope="module")
-def akt_dir(tmp_path_factory, students) -> Path:
-    d = tmp_path_factory.mktemp("akt") / "assist2009_pid"
-    write_akt(d, students)
-    return d
-
-
-@pytest.fixture(scope="module")
 def prepared(tmp_path_factory, akt_dir) -> Path:
     root = tmp_path_factory.mktemp("data")
     prepare_assist2009(akt_dir, root, verify=False, log=quiet)

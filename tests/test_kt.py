@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_real import make_akt_students, write_akt, write_skill_builder
+from fixtures_real import make_akt_students, write_skill_builder
 from helpers import one_line
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -24,18 +24,6 @@ from dsrsd.validate import check_data_params
 
 T = 50
 PROVENANCE = ("dataset", "source", "validation")
-
-
-@pytest.fixture(scope="module")
-def students() -> list[dict]:
-    return make_akt_students(n_students=60, seed=0, mean_len=40, long_frac=0.15)
-
-
-@pytest.fixture(scope="module")
-def akt_dir(tmp_path_factory, students) -> Path:
-    d = tmp_path_factory.mktemp("akt") / "assist2009_pid"
-    write_akt(d, students)
-    return d
 
 
 @pytest.fixture(scope="module")
