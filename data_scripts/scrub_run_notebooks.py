@@ -27,27 +27,24 @@ TQDM_WARNING = re.compile(r"TqdmWarning: IProgress not found")
 
 def scrub(path: Path) -> bool:
     """Scrub one run notebook; return True when it changed."""
-    import nbformat
-
     from dsrsd.sweep import scrub_notebook_paths
 
     before = path.read_bytes()
-    nb = nbformat.read(str(path), as_version=4)
     runs_rel = os.path.relpath(path.parent.parent.resolve(), REPO / "notebooks")
-    params = nb.metadata.get("papermill", {}).get("parameters", {})
-    if str(params.get("out", "")).startswith("/"):
-        params["out"] = runs_rel
-    for cell in nb.cells:
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            cell.source = OUT_PARAM.sub(f'out = "{runs_rel}"', cell.source)
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs
-                            if not (o.output_type == "stream" and o.name == "stderr"
-                                    and TQDM_WARNING.search(o.text))]
-    tmp = path.with_name(path.name + ".tmp")
-    nbformat.write(nb, str(tmp))
-    os.replace(tmp, path)
-    scrub_notebook_paths(path)
+
+    def edit(nb) -> None:
+        params = nb.metadata.get("papermill", {}).get("parameters", {})
+        if str(params.get("out", "")).startswith("/"):
+            params["out"] = runs_rel
+        for cell in nb.cells:
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                cell.source = OUT_PARAM.sub(f'out = "{runs_rel}"', cell.source)
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs
+                                if not (o.output_type == "stream" and o.name == "stderr"
+                                        and TQDM_WARNING.search(o.text))]
+
+    scrub_notebook_paths(path, edit)
     return path.read_bytes() != before
 
 

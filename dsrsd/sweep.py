@@ -40,6 +40,7 @@ import sys
 import time
 import traceback
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
@@ -338,12 +339,15 @@ def execute_run(run: dict, out: str | Path) -> dict:
     return rec
 
 
-def scrub_notebook_paths(path: str | Path) -> None:
+def scrub_notebook_paths(path: str | Path, edit: Callable | None = None) -> None:
     """Replace the absolute paths papermill records in a notebook's metadata (its input and
-    output files) by the repository-relative input and the bare output name, in place."""
+    output files) by the repository-relative input and the bare output name, in place;
+    ``edit(nb)``, when given, makes further changes in the same single write."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
+    if edit is not None:
+        edit(nb)
     meta = nb.metadata.get("papermill")
     if isinstance(meta, dict):
         meta["input_path"] = "notebooks/run.ipynb"
