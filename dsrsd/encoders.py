@@ -1,4 +1,5 @@
-"""Modality encoders: tabular (MLP + LayerNorm), sequence (GRU or Transformer), set/bag.
+"""Modality encoders: tabular (MLP + LayerNorm), sequence (GRU or Transformer), set/bag, and
+knowledge-tracing histories (layout ``kt``: :mod:`dsrsd.kt_encoders`).
 
 Every encoder maps one modality's tensor to ``h`` of size ``d``: ``[B, d]`` for per-sample
 tasks, or ``[B, T, d]`` when ``per_step=True`` (next-step tasks, where step ``t`` must not see
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 from dsrsd.data.batch import ModalitySpec
 from dsrsd.errors import DsrsdError
+from dsrsd.kt_encoders import kt_encoder
 
 
 class StepInput(nn.Module):
@@ -158,7 +160,10 @@ class SetEncoder(nn.Module):
 
 def build_encoder(spec: ModalitySpec, d: int, seq_encoder: str = "gru",
                   per_step: bool = False, dropout: float = 0.1) -> nn.Module:
-    """The encoder for one modality spec. ``seq_encoder`` is ``gru`` or ``transformer``."""
+    """The encoder for one modality spec. ``seq_encoder`` is ``gru`` or ``transformer``; a
+    ``kt`` layout history gets the item-aware KT encoder of that kind (:mod:`dsrsd.kt_encoders`)."""
+    if spec.layout == "kt":
+        return kt_encoder(spec, d, seq_encoder, per_step, dropout)
     if spec.kind == "tabular":
         return TabularEncoder(spec, d, dropout)
     if spec.kind == "set":

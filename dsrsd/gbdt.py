@@ -9,6 +9,9 @@ the same cutoff features"). Features per modality:
   the number of valid steps. Token bags ``[B, T, L]``: id counts over all valid steps, id counts
   of the last valid step, and the number of valid steps.
 * ``set``: id counts (token ids) or masked mean and max (floats), plus the set size.
+* a knowledge-tracing history (layout ``kt``): target-skill history features
+  (:func:`dsrsd.data.kt_features.history_features`: previous response, prior count and correct
+  rate, and prior count and correct rate on the target item's skills, all from steps before t).
 
 Per-step tasks (``task.kind == "per_step"``) give one row per *scored* step: position-wise
 features at step ``t`` (tabular ``[B, T, ...]``), and for sequences the current step plus the
@@ -32,6 +35,7 @@ from torch import Tensor
 
 from dsrsd.base import DirectFit
 from dsrsd.data.batch import ModalitySpec, MultimodalData, TaskSpec, flat_targets
+from dsrsd.data.kt_features import HISTORY_FEATURES, history_features
 from dsrsd.errors import DsrsdError
 
 
@@ -81,6 +85,8 @@ class ModalityFeatures:
     def __call__(self, x: Tensor, pad: Tensor | None) -> tuple[Tensor, list[str]]:
         s, n = self.spec, self.spec.name
         tok = s.vocab > 0
+        if s.layout == "kt":  # per-step by construction (validated with the data)
+            return history_features(x, s.n_skills), [f"{n}:{c}" for c in HISTORY_FEATURES]
         if s.kind == "tabular":
             f = _counts(x, self.buckets) if tok else x.float()
             return f, [f"{n}:{'count' if tok else 'x'}{i}" for i in range(f.shape[-1])]

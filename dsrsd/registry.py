@@ -33,6 +33,7 @@ def _model_classes() -> dict[str, tuple]:
     from dsrsd.clear import ClearMixin
     from dsrsd.coral import COrAL, COrALProbe
     from dsrsd.gbdt import GBDT
+    from dsrsd.kt_models import AKT, DKT
     from dsrsd.misa import MISA
     from dsrsd.model import DSRSDNet
     from dsrsd.validate import signature_hints
@@ -44,7 +45,7 @@ def _model_classes() -> dict[str, tuple]:
         "gbdt": (GBDT, ("seed",), {}),
         "coral": (COrAL, ("with_head",), {"protocol": str, **probe}),
         "clear": (ClearMixin, ("train",), {"base": str, "base_params": dict}),
-        "misa": (MISA, (), {}),
+        "misa": (MISA, (), {}), "dkt": (DKT, (), {}), "akt": (AKT, (), {}),
     }
 
 
@@ -167,6 +168,18 @@ def build_misa(cfg: TrainConfig, specs, task, train) -> Method:
     params = _params(cfg)
     return MISA(specs, task, **_common(cfg), **params)
 
+def build_dkt(cfg: TrainConfig, specs, task, train) -> Method:
+    """DKT on the ``kt`` history alone (dsrsd/kt_models.py); ``cfg.seq_encoder`` does not apply."""
+    from dsrsd.kt_models import DKT
+    return DKT(specs, task, **_common(cfg), **_params(cfg))
+
+
+def build_akt(cfg: TrainConfig, specs, task, train) -> Method:
+    """AKT on the ``kt`` history alone (dsrsd/kt_models.py); ``cfg.seq_encoder`` does not apply."""
+    from dsrsd.kt_models import AKT
+    return AKT(specs, task, **_common(cfg), **_params(cfg))
+
+
 METHODS: dict[str, Builder] = {
     "dsrsd": build_dsrsd,
     "early": build_early,
@@ -178,6 +191,8 @@ METHODS: dict[str, Builder] = {
     "coral": build_coral,
     "clear": build_clear,
     "misa": build_misa,
+    "dkt": build_dkt,
+    "akt": build_akt,
 }
 
 

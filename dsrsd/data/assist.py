@@ -29,7 +29,6 @@ from dsrsd.data.kt_features import (  # noqa: F401  (re-exported for older impor
     PRIOR_WEIGHT,
     _item_stats,
     _problem_stats,
-    _skill_history,
     _windows,
     build,
     inner_split,
@@ -53,7 +52,7 @@ from dsrsd.errors import DsrsdError
 
 AKT_URL = "https://raw.githubusercontent.com/arghosh/AKT/master/data/assist2009_pid/{}"
 FORMAT = 1
-TENSOR_FORMAT = 1
+TENSOR_FORMAT = 2  # 2: history in the item-aware kt layout
 FOLD_FILES = [f"assist2009_pid_{p}{k}.csv" for k in range(1, 6) for p in PARTS]
 # SHA-256 of AKT commit 01b7e8d7 (data/assist2009_pid); valid_k is identical to test_{k+1}
 SHA256 = {
@@ -203,9 +202,10 @@ def load_assist2009(data_dir: str | Path | None = None, fold: int = 1, max_len: 
 
     Each sample is a window of ``max_len`` steps of one student (``T = max_len``):
 
-    * ``history`` (sequence, causal, long ``[N, T, K]``, vocab ``2 * n_skills + 1``): at step t
-      the tokens ``(skill-1)*2 + response + 1`` of the interaction at step t-1 (0 = pad; step 0
-      empty); ``pad["history"]`` is True on real steps;
+    * ``history`` (sequence, causal, layout ``kt``, long ``[N, T, K + 2]``, vocab
+      ``2 * n_skills + 1``, items ``n_problems + 1``): at step t the skills of interaction t
+      (0 = pad), its problem id + 1 and its response r_t, which is the target of step t (models
+      read it for later steps only); ``pad["history"]`` is True on real steps;
     * ``content`` (tabular, float ``[N, T, text_dim]``): the target item's skill names embedded
       offline (TF-IDF char n-grams + SVD), averaged over its skills;
     * ``item_stats`` (tabular, float ``[N, T, 3]``): the target problem's smoothed correct rate,

@@ -10,6 +10,11 @@ Shapes (B = batch, T = steps, L = set/bag length, F = float features):
 * ``sequence`` : float ``[B, T, F]`` or long ``[B, T, L]`` token bags (``vocab > 0``), with a bool
                  padding mask ``pad[name]`` ``[B, T]`` (True = real step).
 * ``set``      : long ``[B, L]`` (``vocab > 0``) or float ``[B, L, F]``, order-free, ``pad`` ``[B, L]``.
+* ``sequence`` with ``layout="kt"`` (knowledge-tracing interactions, per-step tasks only): long
+  ``[B, T, K + 2]``; at step t the skills of interaction t (``[..., :K]``, 1-based, 0 = padding),
+  its problem id + 1 (``[..., K]``, 0 = padding) and its response r_t (``[..., K + 1]``, 0/1).
+  r_t is the target of step t: a model may read it only for predictions after t
+  (:func:`kt_columns` splits the columns).
 
 ``present`` is bool ``[B, M]`` in ``specs`` order: False means the modality is missing for that
 sample, whatever its tensor holds. Targets: ``binary`` float ``[B]``; ``multiclass`` long ``[B]``;
@@ -28,6 +33,7 @@ from torch import Tensor
 from dsrsd.errors import DsrsdError
 
 ModalityKind = Literal["tabular", "sequence", "set"]
+LAYOUTS = ("", "kt")
 TaskKind = Literal["binary", "multiclass", "per_step"]
 
 
@@ -40,6 +46,10 @@ class ModalitySpec:
     dim: int  # float feature size per element; for token inputs the embedding size to use
     vocab: int = 0  # > 0: inputs are token ids in [0, vocab), 0 is padding
     causal: bool = False  # sequence in a per-step task: step t may only see steps <= t
+    # "kt": knowledge-tracing interactions (module docstring); vocab = 2 * skills + 1 (the
+    # (skill, response) tokens), items = problems + 1 (0 = padding)
+    layout: str = ""
+    items: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("tabular", "sequence", "set"):
@@ -49,6 +59,19 @@ class ModalitySpec:
             raise DsrsdError(f"modality {self.name!r}: dim must be positive, got {self.dim}")
         if self.vocab < 0:
             raise DsrsdError(f"modality {self.name!r}: vocab must be >= 0, got {self.vocab}")
+        if self.layout not in LAYOUTS:
+            raise DsrsdError(f"modality {self.name!r}: unknown layout {self.layout!r} "
+                             "(expected '' or 'kt')")
+        if self.layout == "kt" and (self.kind != "sequence" or self.vocab < 3
+                                    or self.vocab % 2 == 0 or self.items < 2):
+            raise DsrsdError(f"modality {self.name!r}: layout 'kt' needs kind 'sequence', an odd "
+                             f"vocab >= 3 and items >= 2, got {self.kind!r}, {self.vocab}, "
+                             f"{self.items}")
+
+    @property
+    def n_skills(self) -> int:
+        """Skills of a ``kt`` layout (ids 1..n_skills); 0 otherwise."""
+        return (self.vocab - 1) // 2 if self.layout == "kt" else 0
 
 
 @dataclass(frozen=True)
@@ -177,7 +200,11 @@ def validate(d: MultimodalData) -> None:
         t = d.x[s.name]
         if t.shape[0] != n:
             raise DsrsdError(f"{where}: modality {s.name!r} has {t.shape[0]} rows, labels have {n}")
-        if s.vocab > 0:
+        if s.layout == "kt":
+            if d.task.kind != "per_step":
+                raise DsrsdError(f"{where}: modality {s.name!r} (layout kt) needs a per_step task")
+            _validate_kt(where, s, t)
+        elif s.vocab > 0:
             if t.dtype != torch.long:
                 raise DsrsdError(f"{where}: modality {s.name!r} has vocab={s.vocab} so needs long "
                                  f"token ids, got {t.dtype}")
@@ -206,6 +233,24 @@ def validate(d: MultimodalData) -> None:
     else:
         if d.y.dim() != 1 or not d.y.is_floating_point():
             raise DsrsdError(f"{where}: binary labels must be float [N] of 0/1")
+
+
+def kt_columns(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A ``kt`` layout tensor ``[..., K + 2]`` -> skills ``[..., K]``, problem + 1 and response."""
+    return x[..., :-2], x[..., -2], x[..., -1]
+
+
+def _validate_kt(where: str, s: ModalitySpec, t: Tensor) -> None:
+    name = f"{where}: modality {s.name!r} (layout kt)"
+    if t.dtype != torch.long or t.dim() != 3 or t.shape[-1] < 3:
+        raise DsrsdError(f"{name} needs long [N, T, skills + 2], got {t.dtype} {tuple(t.shape)}")
+    if not t.numel():
+        return
+    skills, problem, resp = kt_columns(t)
+    for what, v, hi in (("skill ids", skills, s.n_skills + 1), ("problem ids", problem, s.items),
+                        ("responses", resp, 2)):
+        if int(v.min()) < 0 or int(v.max()) >= hi:
+            raise DsrsdError(f"{name}: {what} outside [0, {hi})")
 
 
 @dataclass

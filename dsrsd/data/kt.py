@@ -32,7 +32,7 @@ from dsrsd.data.paths import atomic_dir, cached_torch, data_dir, read_json
 from dsrsd.errors import DsrsdError
 
 CACHE_FORMAT = 1
-TENSOR_FORMAT = 1
+TENSOR_FORMAT = 2  # 2: history in the item-aware kt layout
 VALID_CHOICES = ("given", "inner")
 VALIDATION_NOTE = {
     "given": "the source's own validation part of this fold (AKT folders: valid_k, the same "

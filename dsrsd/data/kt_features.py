@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from dsrsd.data.batch import ModalitySpec, MultimodalData, Splits, TaskSpec
+from dsrsd.data.batch import ModalitySpec, MultimodalData, Splits, TaskSpec, kt_columns
 from dsrsd.data.kt_parse import PARTS, select_students
 from dsrsd.errors import DsrsdError
 
 ITEM_STATS = ["smoothed_correct_rate", "log1p_attempts", "n_skills"]
 PRIOR_WEIGHT = 5.0  # pseudo-attempts at the training base rate behind every problem's rate
-HISTORY_DIM = 64  # embedding size suggested for the history tokens
+HISTORY_DIM = 64  # the history spec's dim (the KT encoders embed ids at the model's own size)
+HISTORY_LAYOUT = ("kt: per step t, the skills of interaction t (1-based, 0 pad), its problem id "
+                  "+ 1 (0 pad) and its response r_t (the target at t: read only for later steps)")
 
 
 def merge_runs(a: dict[str, np.ndarray], merge: bool = True) -> dict[str, np.ndarray]:
@@ -119,6 +122,7 @@ def _item_stats(inter: dict[str, dict], fold: int) -> tuple[dict[str, np.ndarray
 
 def _windows(v: dict, users: np.ndarray, stats: np.ndarray, emb: np.ndarray, k: int,
              max_len: int) -> tuple[dict, dict]:
+    # ``history`` holds interaction t itself at step t (layout kt, :data:`HISTORY_LAYOUT`)
     """Cut one part's interactions into windows of ``max_len`` steps and fill all tensors."""
     per = np.diff(v["offsets"])
     j = np.arange(len(v["resp"])) - np.repeat(v["offsets"][:-1], per)  # index within student
@@ -135,12 +139,12 @@ def _windows(v: dict, users: np.ndarray, stats: np.ndarray, emb: np.ndarray, k: 
     w, t, jj = new_id[w[ok]], t[ok], j[ok]
     idx = np.flatnonzero(ok)
     n, skills, resp = len(keep_win), v["skills"], v["resp"]
-    tok = np.where(skills > 0, (skills - 1) * 2 + resp[:, None] + 1, 0)
-    hist = np.zeros((n, max_len, k), np.int64)
-    has_prev = t > 0  # history at step t = the interaction at step t-1 of the same window
-    hist[w[has_prev], t[has_prev], :tok.shape[1]] = tok[idx[has_prev] - 1]
-    content = np.zeros((n, max_len, emb.shape[1]), np.float32)
     sk = skills[idx]
+    hist = np.zeros((n, max_len, k + 2), np.int64)
+    hist[w, t, :sk.shape[1]] = sk
+    hist[w, t, k] = v["problem"][idx] + 1
+    hist[w, t, k + 1] = resp[idx]
+    content = np.zeros((n, max_len, emb.shape[1]), np.float32)
     content[w, t] = (emb[sk] * (sk > 0)[..., None]).sum(1) / np.maximum((sk > 0).sum(1), 1)[:, None]
     item = np.zeros((n, max_len, stats.shape[1]), np.float32)
     item[w, t] = stats[idx]
@@ -182,6 +186,7 @@ def build(parts: dict, names: list[str], fold: int, max_len: int, text_dim: int,
     """
     inter = {p: merge_runs(a, merge) for p, a in parts.items()}
     k = max(v["skills"].shape[1] for v in inter.values())
+    n_problems = max(int(v["problem"].max()) for v in inter.values()) + 1
     stats, prior = _item_stats(inter, fold)
     emb = np.concatenate([np.zeros((1, text_dim), np.float32), skill_embeddings(names, text_dim)])
     out: dict = {"splits": {}, "counts": {}}
@@ -199,17 +204,19 @@ def build(parts: dict, names: list[str], fold: int, max_len: int, text_dim: int,
         "counts": out.pop("counts"), "n_skills": len(names), "skill_names": names,
         "max_skills_per_interaction": k, "item_stats_features": ITEM_STATS,
         "train_base_rate": prior, "prior_weight": PRIOR_WEIGHT,
-        "history_token": "(skill-1)*2 + response + 1 for each skill of the previous interaction",
+        "n_problems": n_problems, "history_layout": HISTORY_LAYOUT,
         "window_first_step": "scored with an empty history (in-window history only)",
         **(extra_info or {}),
     }
     out["n_skills"] = len(names)
+    out["n_items"] = n_problems + 1
     return out
 
 
 def to_splits(built: dict, text_dim: int, dataset: str = "assist2009") -> Splits:
     n_skills = built["n_skills"]
-    specs = [ModalitySpec("history", "sequence", HISTORY_DIM, vocab=2 * n_skills + 1, causal=True),
+    specs = [ModalitySpec("history", "sequence", HISTORY_DIM, vocab=2 * n_skills + 1, causal=True,
+                          layout="kt", items=built["n_items"]),
              ModalitySpec("content", "tabular", text_dim),
              ModalitySpec("item_stats", "tabular", len(ITEM_STATS))]
     task = TaskSpec("per_step")
@@ -235,51 +242,51 @@ def inner_split(train: dict, frac: float, seed: int) -> tuple[dict, dict]:
     return select_students(train, ~val), select_students(train, val)
 
 
-def kt_features_flat(data: MultimodalData) -> tuple[np.ndarray, np.ndarray]:
-    """Flat per-step features for quick baselines: one row per scored step.
+HISTORY_FEATURES = ["prev_response", "log1p_prior", "prior_rate", "skill_prior_rate",
+                    "skill_log1p_prior"]
 
-    Columns: item_stats, content, then from the in-window history only: previous response,
-    log1p(#prior interactions), smoothed prior correct rate, and for the target's skills
-    (``extras["skills"]``) the mean smoothed prior rate and mean log1p prior count on them.
+
+def history_features(x: Tensor, n_skills: int, chunk: int = 64) -> Tensor:
+    """Target-skill history features ``[B, T, 5]`` (:data:`HISTORY_FEATURES`) of a ``kt`` layout
+    tensor ``x`` ``[B, T, K + 2]``; step t reads the interactions before t of its window and
+    the skills of item t, never a response at or after t.
+
+    Columns: previous response (0.5 at a window's first step), log1p of the number of prior
+    interactions, their smoothed correct rate ``(c + 1) / (n + 2)``, and over the target's
+    skills the mean smoothed correct rate and mean log1p count of prior interactions with that
+    skill.
     """
-    tok = data.x["history"].numpy()
-    mask = data.y_mask.numpy()
-    first = tok[:, :, 0]
-    has = first > 0
-    r_prev = np.where(has, (first - 1) % 2, 0).astype(np.float32)
-    n_prior = np.cumsum(has, 1).astype(np.float32)
-    c_prior = np.cumsum(r_prev, 1)
-    cols = [data.x["item_stats"].numpy()[mask], data.x["content"].numpy()[mask],
-            np.where(has, r_prev, 0.5)[mask][:, None], np.log1p(n_prior)[mask][:, None],
-            ((c_prior + 1) / (n_prior + 2))[mask][:, None]]
-    if "skills" in data.extras:
-        cols += list(_skill_history(tok, data.extras["skills"].numpy(), mask))
-    return np.concatenate(cols, 1).astype(np.float32), data.y.numpy()[mask]
-
-
-def _skill_history(tok: np.ndarray, target: np.ndarray, mask: np.ndarray, chunk: int = 256
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Prior in-window attempts and correct rate on the target's skills, per scored step."""
-    n_skill = int(max(tok.max(), 1) + 1) // 2 + 1
-    n_skill = max(n_skill, int(target.max()) + 1)
+    skills, problem, resp = kt_columns(x)
+    valid = (problem > 0).float()
+    r = resp.float() * valid
+    n_prior = valid.cumsum(1) - valid  # exclusive prefix sums: steps < t only
+    c_prior = r.cumsum(1) - r
+    has_prev = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], 1) > 0
+    r_prev = torch.cat([torch.zeros_like(r[:, :1]), r[:, :-1]], 1)
+    cols = [torch.where(has_prev, r_prev, torch.full_like(r_prev, 0.5)), torch.log1p(n_prior),
+            (c_prior + 1) / (n_prior + 2)]
     rates, counts = [], []
-    for s in range(0, len(tok), chunk):
-        t, g, m = tok[s:s + chunk], target[s:s + chunk], mask[s:s + chunk]
-        b, steps, _ = t.shape
-        skill = np.where(t > 0, (t - 1) // 2 + 1, 0)
-        corr = np.where(t > 0, (t - 1) % 2, 0)
-        cnt = np.zeros((b, steps, n_skill), np.float32)
-        cor = np.zeros((b, steps, n_skill), np.float32)
-        bi, ti, _ = np.nonzero(skill > 0)
-        np.add.at(cnt, (bi, ti, skill[skill > 0]), 1.0)
-        np.add.at(cor, (bi, ti, skill[skill > 0]), corr[skill > 0])
-        cnt, cor = np.cumsum(cnt, 1), np.cumsum(cor, 1)
-        bb, tt = np.nonzero(m)
-        gs = g[bb, tt]  # [M, K] target skills, 0 pad
-        valid = gs > 0
-        n_s = cnt[bb[:, None], tt[:, None], gs]
-        c_s = cor[bb[:, None], tt[:, None], gs]
-        k = np.maximum(valid.sum(1), 1)
-        rates.append((((c_s + 1) / (n_s + 2)) * valid).sum(1) / k)
-        counts.append((np.log1p(n_s) * valid).sum(1) / k)
-    return np.concatenate(rates)[:, None], np.concatenate(counts)[:, None]
+    for s in range(0, len(x), chunk):  # [b, T, skills + 1] one-hot counts, in row chunks
+        sk, rr = skills[s:s + chunk], r[s:s + chunk]
+        b, t, _ = sk.shape
+        cnt = torch.zeros(b, t, n_skills + 1).scatter_add_(-1, sk, (sk > 0).float())
+        cor = torch.zeros(b, t, n_skills + 1).scatter_add_(
+            -1, sk, (sk > 0).float() * rr.unsqueeze(-1))
+        cnt, cor = cnt.cumsum(1) - cnt, cor.cumsum(1) - cor
+        n_s, c_s = cnt.gather(-1, sk), cor.gather(-1, sk)  # at the target's skills
+        on = (sk > 0).float()
+        k = on.sum(-1).clamp_min(1)
+        rates.append((((c_s + 1) / (n_s + 2)) * on).sum(-1) / k)
+        counts.append((torch.log1p(n_s) * on).sum(-1) / k)
+    cols += [torch.cat(rates), torch.cat(counts)]
+    return torch.stack(cols, -1)
+
+
+def kt_features_flat(data: MultimodalData) -> tuple[np.ndarray, np.ndarray]:
+    """Flat per-step features for quick baselines (the coin-flip leakage detector): one row per
+    scored step, columns item_stats, content and :func:`history_features`."""
+    spec = next(s for s in data.specs if s.layout == "kt")
+    mask = data.y_mask
+    hist = history_features(data.x[spec.name], spec.n_skills)
+    cols = [data.x["item_stats"][mask], data.x["content"][mask], hist[mask]]
+    return torch.cat(cols, 1).numpy().astype(np.float32), data.y[mask].numpy()
