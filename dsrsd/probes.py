@@ -72,3 +72,14 @@ def fusion_weights(model, data: MultimodalData, batch_size: int = 1024) -> tuple
         gates.append(info["gate"].float().cpu())
     model.train(was)
     return torch.cat(alphas).numpy(), torch.cat(gates).numpy()
+
+
+def without_modality(data: MultimodalData, m: int) -> MultimodalData:
+    """A copy of ``data`` with modality ``m`` marked missing in every sample (inputs untouched)."""
+    import dataclasses
+
+    if not 0 <= m < len(data.names):
+        raise ValueError(f"without_modality: modality index {m} not in 0..{len(data.names) - 1}")
+    present = data.present.clone()
+    present[:, m] = False
+    return dataclasses.replace(data, present=present, name=f"{data.name} without {data.names[m]}")

@@ -95,3 +95,33 @@ def effective_rank(x: np.ndarray) -> float:
     p = ev / ev.sum()
     p = p[p > 0]
     return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def noise_band(d_boot: np.ndarray, d_seeds: Sequence[float], z: float = 1.96) -> float:
+    """Half-width of the noise band of a seed-mean difference: ``z`` standard errors from two
+    sources together, the test-sample bootstrap draws ``d_boot`` of the difference and the
+    spread of the per-seed differences ``d_seeds`` (its standard error over seeds)."""
+    d_seeds = np.asarray(d_seeds, dtype=np.float64)
+    if d_seeds.size < 2:
+        raise ValueError(f"noise_band: need >= 2 seeds for a seed spread, got {d_seeds.size}")
+    se = np.sqrt(np.asarray(d_boot, dtype=np.float64).var() + np.var(d_seeds, ddof=1) / d_seeds.size)
+    return float(z * se)
+
+
+def bootstrap_effective_rank(z: Sequence[np.ndarray], n_boot: int = 100, seed: int = 0) -> np.ndarray:
+    """``[n_boot]`` effective ranks (:func:`effective_rank`, mean over the matrices of ``z``, one
+    per modality, rows aligned) on resamples of the rows; the same ``seed`` gives the same
+    resamples for every run, so differences between runs are paired. Each resample's covariance
+    comes from multinomial row weights in one matrix product."""
+    n = len(z[0])
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+    ranks = []
+    for zm in z:
+        x = np.asarray(zm, dtype=np.float64)
+        mu = w @ x
+        cov = (w @ (x[:, :, None] * x[:, None, :]).reshape(n, -1)).reshape(n_boot, x.shape[1], -1)
+        cov -= mu[:, :, None] * mu[:, None, :]
+        ev = np.clip(np.linalg.eigvalsh(cov), 0, None)
+        p = ev / ev.sum(1, keepdims=True)
+        ranks.append(np.exp(-(p * np.log(np.where(p > 0, p, 1.0))).sum(1)))
+    return np.mean(ranks, 0)

@@ -1,0 +1,191 @@
+"""What the book's chapters share: one setup call, honest budget parameters, figure conventions
+and the architecture figure.
+
+Every chapter starts with ``paths = book.setup(seed)`` (seeds, threads, display options) and
+resolves its budget with :func:`budget`, so an explicit papermill parameter is never
+overwritten. Importing this module is cheap: torch, pandas and matplotlib are imported inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsrsd.errors import DsrsdError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# DSRSD-Net is drawn in one strong colour wherever methods are compared; its draft-weights
+# variant in a second, lighter one; every other method in a muted hue.
+HIGHLIGHT = "#c0392b"
+HIGHLIGHT_2 = "#e67e22"
+OTHERS = ("#4c72b0", "#55a868", "#8172b2", "#937860", "#64b5cd", "#8c8c8c", "#da8bc3",
+          "#ccb974", "#1f3b5c", "#2f6f4f")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Folders a chapter reads: the repository, ``results/`` and its run records."""
+
+    repo: Path
+    results: Path
+    runs: Path
+
+
+def setup(seed: int | None = 0, threads: int = 1, precision: int | None = 3,
+          width: int | None = None) -> Paths:
+    """Prepare a chapter's kernel and return the paths it reads.
+
+    Progress bars off, ``threads`` torch threads (one keeps seeded CPU numbers identical from run
+    to run), every RNG seeded with ``seed`` (``None``: left alone, for chapters that only read
+    records), pandas ``precision``/``width`` when given, and figure defaults whose tick labels
+    stay at 9 pt or more.
+    """
+    os.environ["TQDM_DISABLE"] = "1"
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import torch
+
+    torch.set_num_threads(threads)
+    if seed is not None:
+        from dsrsd.train import set_seed
+
+        set_seed(seed)
+    if precision is not None:
+        pd.set_option("display.precision", precision)
+    if width is not None:
+        pd.set_option("display.width", width)
+    plt.rcParams.update({"xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9,
+                         "axes.labelsize": 10, "axes.titlesize": 10, "figure.dpi": 100})
+    results = REPO / "results"
+    return Paths(repo=REPO, results=results, runs=results / "runs")
+
+
+def budget(quick: bool, quick_preset: dict, full_preset: dict, echo: bool = True,
+           **given) -> tuple:
+    """Each budget parameter's value, in the order given: an explicit value (not ``None``) is
+    used as it is; ``None`` takes the preset of the mode (``quick_preset`` when ``quick``, else
+    ``full_preset``). Prints the resolved budget when ``echo``.
+
+    ``quick`` has one meaning in every chapter: True is the small CPU budget the book is built
+    with, False the larger budget of ``full_preset``.
+    """
+    preset = quick_preset if quick else full_preset
+    missing = [k for k in given if given[k] is None and k not in preset]
+    if missing:
+        raise DsrsdError(f"budget: no preset for parameter(s) {', '.join(missing)}")
+    values = {k: preset[k] if v is None else v for k, v in given.items()}
+    if echo:
+        mode = "quick" if quick else "full"
+        print(f"budget ({mode}): " + ", ".join(
+            f"{k} {v}" + ("" if given[k] is None else " (set explicitly)") for k, v in values.items()))
+    return tuple(values.values())
+
+
+# ----------------------------------------------------------------------------- figures
+def is_dsrsd(label: str) -> bool:
+    """Whether a method label names DSRSD-Net with its default weights (``dsrsd``,
+    ``DSRSD-Net``, ``dsrsd (md 0.15)``); not ``dsrsd_pw`` nor an ablation ``dsrsd-no_orth``."""
+    low = str(label).lower()
+    return low == "dsrsd" or low.startswith(("dsrsd-net", "dsrsd "))
+
+
+def method_colors(labels) -> dict[str, str]:
+    """A colour per method label: DSRSD-Net in :data:`HIGHLIGHT`, ``dsrsd_pw`` in
+    :data:`HIGHLIGHT_2`, the rest in distinct muted hues, in the order given."""
+    out, i = {}, 0
+    for label in labels:
+        if is_dsrsd(label):
+            out[label] = HIGHLIGHT
+        elif str(label).lower().startswith("dsrsd_pw"):
+            out[label] = HIGHLIGHT_2
+        else:
+            out[label] = OTHERS[i % len(OTHERS)]
+            i += 1
+    return out
+
+
+def legend_outside(ax, title: str | None = None, **kw):
+    """A legend to the right of ``ax``, never over the data."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                     frameon=False, title=title, **kw)
+
+
+def bold_dsrsd_ticks(ax, axis: str = "y") -> None:
+    """Bold, highlighted tick labels for DSRSD-Net on ``axis`` of ``ax``."""
+    ticks = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
+    for t in ticks:
+        if is_dsrsd(t.get_text()):
+            t.set_fontweight("bold")
+            t.set_color(HIGHLIGHT)
+
+
+# ------------------------------------------------------------------------- architecture
+def architecture_figure():
+    """DSRSD-Net as the code computes it (``DSRSDNet.streams``, ``fuse`` and ``aux_losses``):
+    encoders, the residual split into shared ``s_m`` and private ``p_m``, the alignment head
+    ``z_m``, the gated fusion and the predictor, with each auxiliary loss where it acts.
+    Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(13, 5.6))
+    ax.set(xlim=(0, 13.0), ylim=(0, 5.6))
+    ax.axis("off")
+
+    def box(x, y, w, h, text, face, stack=False, edge="0.25"):
+        for k in (2, 1) if stack else ():  # shadows: one box per modality m = 1..M
+            ax.add_patch(FancyBboxPatch((x + 0.08 * k, y - 0.08 * k), w, h, fc="white", ec="0.6",
+                                        boxstyle="round,pad=0.04,rounding_size=0.08", lw=0.8))
+        ax.add_patch(FancyBboxPatch((x, y), w, h, fc=face, ec=edge, lw=1.2,
+                                    boxstyle="round,pad=0.04,rounding_size=0.08"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10)
+        return (x, y, w, h)
+
+    def arrow(a, b, color="0.2", style="-|>", ls="-", rad=0.0):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=14, color=color,
+                                     lw=1.4, ls=ls, connectionstyle=f"arc3,rad={rad}"))
+
+    def loss(x, y, text):
+        ax.text(x, y, text, ha="center", va="center", fontsize=9.5, color=HIGHLIGHT,
+                bbox={"boxstyle": "round,pad=0.3", "fc": "#fdecea", "ec": HIGHLIGHT, "lw": 0.9})
+
+    blue, grey, green, gold = "#dbe8f6", "#eeeeee", "#dff0e0", "#fbefd5"
+    box(0.15, 2.2, 1.35, 1.0, "input $x_m$\n(table or\nsequence)", grey, stack=True)
+    box(2.0, 2.2, 1.5, 1.0, "encoder\n$h_m = E_m(x_m)$\n(ends in LayerNorm)", grey, stack=True)
+    box(4.2, 3.55, 2.0, 1.0, "shared\n$s_m = P_s(A_m h_m)$\n($P_s$ one for all $m$)", blue,
+        stack=True)
+    box(4.2, 0.85, 2.0, 1.0, "private, from the residual\n$p_m = P^{(m)}_p(h_m - W_m s_m)$",
+        gold, stack=True)
+    box(7.0, 3.55, 1.9, 1.0, "alignment head\n$z_m = s_m + \\mathcal{A}(s_m)$", blue, stack=True)
+    box(9.4, 1.95, 2.35, 1.5, "gated fusion\n$\\alpha = $ softmax$_m$ score$(s_m, p_m)$\n"
+        "$\\bar z = \\Sigma_m \\alpha_m z_m$, $\\bar p = $ mix$(p)$\n"
+        "$f = g\\,\\bar z + (1-g)\\,\\bar p$", green)
+    box(12.1, 2.3, 0.75, 0.8, "head\n$\\hat y$", grey)
+
+    arrow((1.55, 2.7), (1.95, 2.7))
+    arrow((3.55, 2.95), (4.15, 3.85))
+    arrow((3.55, 2.45), (4.15, 1.4))
+    arrow((5.2, 3.5), (5.2, 1.92), ls="--")  # W_m s_m is subtracted from h_m
+    ax.text(5.3, 2.7, "$- W_m s_m$", fontsize=9.5, va="center")
+    arrow((6.25, 4.05), (6.95, 4.05))
+    arrow((8.95, 4.0), (9.45, 3.3))
+    arrow((6.25, 1.35), (9.35, 2.2))
+    arrow((11.8, 2.7), (12.05, 2.7))
+
+    loss(7.95, 5.15, "alignment: InfoNCE $\\mathcal{L}_{con}$ + cosine $\\mathcal{L}_{reg}$"
+                     " over pairs $(z_a, z_b)$")
+    loss(7.95, 3.05, "decorrelation $\\mathcal{L}_{dec}$ of each $z_m$")
+    loss(7.4, 0.45, "orthogonality $\\mathcal{L}_{orth}$: $p_m \\perp z_m$ and $p_m \\perp s_m$")
+    loss(2.9, 0.45, "reconstruction $\\mathcal{L}_{rec}$: decode $s_m + p_m$")
+    loss(12.3, 1.6, "task $\\mathcal{L}_{task}$")
+    arrow((6.4, 0.55), (5.9, 0.8), color=HIGHLIGHT, style="-")
+    arrow((7.95, 4.95), (7.95, 4.62), color=HIGHLIGHT, style="-")
+    arrow((7.95, 3.25), (7.95, 3.48), color=HIGHLIGHT, style="-")
+    arrow((12.4, 1.8), (12.45, 2.25), color=HIGHLIGHT, style="-")
+    arrow((4.3, 0.55), (4.6, 0.8), color=HIGHLIGHT, style="-")
+    ax.text(0.15, 5.3, "one stack per modality $m = 1..M$", fontsize=9.5, color="0.35")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,133 @@
+"""The helpers the chapters call instead of defining them in cells: dsrsd.book (setup, budgets,
+figure conventions, the architecture figure), the noise helpers in dsrsd.stats, the stress copy
+in dsrsd.probes, and the curated, lazy top-level package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+import dsrsd  # noqa: E402
+from dsrsd import book, stats  # noqa: E402
+from dsrsd.errors import DsrsdError  # noqa: E402
+from dsrsd.probes import without_modality  # noqa: E402
+
+
+# ------------------------------------------------------------------------------ budget
+def test_budget_keeps_explicit_values_and_fills_none_from_the_mode(capsys):
+    quick, full = {"epochs": 12, "n_seeds": 3}, {"epochs": 30, "n_seeds": 5}
+    assert book.budget(True, quick, full, epochs=None, n_seeds=None) == (12, 3)
+    assert book.budget(False, quick, full, epochs=None, n_seeds=None) == (30, 5)
+    # The issue's example: -p quick False -p epochs 50 must run 50 epochs, not the preset's 30.
+    assert book.budget(False, quick, full, epochs=50, n_seeds=None) == (50, 5)
+    assert book.budget(True, quick, full, n_seeds=2, epochs=None) == (2, 12)  # order as given
+    out = capsys.readouterr().out
+    assert "budget (full): epochs 50 (set explicitly), n_seeds 5" in out
+
+
+def test_budget_without_a_preset_for_a_none_parameter_says_which():
+    with pytest.raises(DsrsdError, match="n_draws"):
+        book.budget(True, {"epochs": 1}, {"epochs": 2}, epochs=None, n_draws=None, echo=False)
+    assert book.budget(True, {}, {}, n_draws=4, echo=False) == (4,)
+
+
+# ------------------------------------------------------------------------------ setup
+def test_setup_seeds_threads_and_paths():
+    paths = book.setup(seed=3, threads=1)
+    assert torch.get_num_threads() == 1
+    a = torch.rand(3)
+    book.setup(seed=3)
+    assert torch.equal(a, torch.rand(3))  # the same seed gives the same draws
+    assert (paths.repo / "dsrsd" / "book.py").is_file()
+    assert paths.runs == paths.results / "runs" and paths.results.is_dir()
+    assert plt.rcParams["xtick.labelsize"] >= 9 and plt.rcParams["ytick.labelsize"] >= 9
+
+
+# ------------------------------------------------------------------------------ figures
+def test_dsrsd_is_highlighted_and_the_rest_get_distinct_colours():
+    labels = ["early", "DSRSD-Net", "dsrsd_pw", "late", "dsrsd-no_orth", "dsrsd (md 0.15)"]
+    colors = book.method_colors(labels)
+    assert colors["DSRSD-Net"] == colors["dsrsd (md 0.15)"] == book.HIGHLIGHT
+    assert colors["dsrsd_pw"] == book.HIGHLIGHT_2
+    rest = [colors[k] for k in ("early", "late", "dsrsd-no_orth")]
+    assert len(set(rest)) == 3 and book.HIGHLIGHT not in rest
+    assert [book.is_dsrsd(x) for x in ("dsrsd", "dsrsd_pw", "dsrsd-task_only", "early")] == \
+        [True, False, False, False]
+
+
+def test_legend_outside_does_not_overlap_the_axes():
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="a")
+    leg = book.legend_outside(ax)
+    fig.canvas.draw()
+    box, axes = leg.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axes.x1  # entirely to the right of the data area
+    plt.close(fig)
+
+
+def test_architecture_figure_names_every_part_and_loss():
+    fig = book.architecture_figure()
+    text = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for part in ("encoder", "shared", "private, from the residual", "alignment head",
+                 "gated fusion", "head", "InfoNCE", "decorrelation", "orthogonality",
+                 "reconstruction", "task"):
+        assert part in text, part
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ stats helpers
+def test_noise_band_combines_bootstrap_and_seed_spread():
+    d_boot = np.array([0.01, 0.03, 0.02, 0.00])
+    d_seeds = [0.01, 0.05, 0.03]
+    expected = 1.96 * np.sqrt(d_boot.var() + np.var(d_seeds, ddof=1) / 3)
+    assert stats.noise_band(d_boot, d_seeds) == pytest.approx(expected)
+    assert stats.noise_band(d_boot, d_seeds, z=2) == pytest.approx(expected / 1.96 * 2)
+    with pytest.raises(ValueError, match="2 seeds"):
+        stats.noise_band(d_boot, [0.1])
+
+
+def test_bootstrap_effective_rank_is_paired_and_centred_on_the_plain_rank():
+    rng = np.random.default_rng(0)
+    iso = [rng.normal(size=(400, 6)) for _ in range(2)]
+    line = [np.outer(rng.normal(size=400), np.ones(6)) + 1e-3 * rng.normal(size=(400, 6))]
+    draws = stats.bootstrap_effective_rank(iso, n_boot=50, seed=1)
+    assert draws.shape == (50,)
+    plain = np.mean([stats.effective_rank(z) for z in iso])
+    assert abs(draws.mean() - plain) < 0.2 and 5.0 < plain <= 6.0
+    assert np.array_equal(draws, stats.bootstrap_effective_rank(iso, n_boot=50, seed=1))
+    assert stats.bootstrap_effective_rank(line, n_boot=20).max() < 1.1
+
+
+# ------------------------------------------------------------------------------ probes helper
+def test_without_modality_hides_one_modality_only():
+    splits = dsrsd.load_synthetic("default", n=120, seed=0)
+    test = splits.test
+    d = without_modality(test, 1)
+    assert not d.present[:, 1].any()
+    assert torch.equal(d.present[:, [0, 2]], test.present[:, [0, 2]])
+    assert test.present[:, 1].all()  # the original is untouched
+    assert "without m1" in d.name
+    with pytest.raises(ValueError, match="modality index 3"):
+        without_modality(test, 3)
+
+
+# ------------------------------------------------------------------------------ the package
+def test_import_dsrsd_is_light_and_every_public_name_resolves():
+    code = ("import sys, dsrsd; heavy = [m for m in ('torch', 'pandas', 'sklearn', 'matplotlib') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    for name in dsrsd.__all__:
+        assert getattr(dsrsd, name) is not None, name
+    assert dsrsd.DSRSDNet.__name__ == "DSRSDNet" and "dsrsd" in dsrsd.METHODS
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dsrsd.no_such_name  # noqa: B018
