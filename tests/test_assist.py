@@ -81,13 +81,11 @@ def test_interactions_match_the_generator_and_runs_never_see_each_other(prepared
                 assert sorted(x for x in skills[w, t].tolist() if x) == sk
                 assert bool(mask[w, t]) == (i > 0)
                 assert d.y[w, t] == st["resp"][bounds[i]]
-                toks = sorted(x for x in hist[w, t].tolist() if x)
-                if t == 0:
-                    assert toks == []  # window start: empty history
-                else:  # exactly the previous interaction, all its skills, never part of this one
-                    prev = range(bounds[i - 1], bounds[i])
-                    want = sorted((st["skill"][j] - 1) * 2 + st["resp"][j] + 1 for j in prev)
-                    assert toks == want
+                # layout kt: step t holds interaction t itself (all its skills, its problem,
+                # its response); a window's first step has no earlier step to read
+                assert sorted(x for x in hist[w, t, :-2].tolist() if x) == sk
+                assert int(hist[w, t, -2]) == st["problem"][bounds[i]] + 1
+                assert int(hist[w, t, -1]) == st["resp"][bounds[i]]
             seen_users.add(u)
     assert seen_users == set(truth) - {st["user"] for st in students if len(st["starts"]) < 2}
 
@@ -101,7 +99,8 @@ def test_every_interaction_scored_once(prepared, students):
         n_inter = sum(len(st["starts"]) for st in students if st["user"] in users)
         assert c[part]["scored"] == n_inter - len(users)
         assert (~d.pad["history"] <= ~d.y_mask).all()  # no score on padding
-        assert (d.x["history"][:, 0] == 0).all()
+        assert (d.x["history"][~d.pad["history"]] == 0).all()  # padding steps are empty
+        assert (d.x["history"][..., -2][d.pad["history"]] > 0).all()  # real steps have a problem
     assert (s.train.extras["window"] > 0).any()  # some students span several windows
 
 
@@ -110,12 +109,14 @@ def test_shapes_and_specs(prepared):
     n_skills = s.info["n_skills"]
     spec = {sp.name: sp for sp in s.train.specs}
     assert spec["history"].kind == "sequence" and spec["history"].causal
-    assert spec["history"].vocab == 2 * n_skills + 1
+    assert spec["history"].vocab == 2 * n_skills + 1 and spec["history"].layout == "kt"
+    assert spec["history"].items == s.info["n_problems"] + 1
+    assert s.info["history_layout"].startswith("kt: ")
     assert (spec["content"].kind, spec["content"].dim) == ("tabular", 16)
     assert (spec["item_stats"].kind, spec["item_stats"].dim) == ("tabular", 3)
     d = s.test
     n, k = len(d), s.info["max_skills_per_interaction"]
-    assert d.x["history"].shape == (n, T, k) and d.x["history"].dtype == torch.long
+    assert d.x["history"].shape == (n, T, k + 2) and d.x["history"].dtype == torch.long
     assert d.x["content"].shape == (n, T, 16) and d.x["item_stats"].shape == (n, T, 3)
     assert d.y.shape == d.y_mask.shape == (n, T) and d.y.dtype == torch.float32
     assert d.task.kind == "per_step" and d.present.all()
