@@ -20,6 +20,12 @@ DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 10
                    "coral": 1.0, "misa": 1.0}
 # Regularisers warmed up linearly over the first epochs, so the task shapes the space first.
 WARMUP_TERMS = ("decor", "orth")
+# ``TrainConfig.warmup_terms`` -> the terms it ramps: "reg" (the book's runs), "all" (issue 12:
+# every auxiliary term; any weighted term is a key of DEFAULT_WEIGHTS, validate.check_weights).
+WARMUP_CHOICES = {"reg": WARMUP_TERMS, "all": tuple(DEFAULT_WEIGHTS)}
+# Fields added after records existed: left out of the hash at their default, so every earlier
+# config keeps its hash (sweeps find their finished runs, --resume accepts old checkpoints).
+HASH_OMITTED_AT_DEFAULT = ("warmup_terms", "select_after_warmup")
 
 
 def _m(**meta) -> dict:
@@ -33,6 +39,13 @@ class TrainConfig:
     Each field's type hint and ``metadata`` (range, choices) are what :mod:`dsrsd.validate`
     checks; the dataset and method parameters are checked against their loader's and model's
     signatures, the weights against :data:`DEFAULT_WEIGHTS`.
+
+    Warm-up and model selection: the terms of ``WARMUP_CHOICES[warmup_terms]`` ramp linearly
+    over epochs ``0 .. warmup_epochs - 1`` (:func:`dsrsd.losses.warmup_factor`; full weight from
+    epoch ``warmup_epochs - 1``). With ``select_after_warmup`` no checkpoint is chosen and
+    patience does not count before epoch ``warmup_epochs``, the first epoch after the ramp; a
+    run of at most ``warmup_epochs`` epochs keeps its last epoch. The defaults (``"reg"``,
+    ``False``) are the book's runs: selection from epoch 0.
     """
 
     method: str = "dsrsd"
@@ -54,6 +67,8 @@ class TrainConfig:
     seed: int = field(default=0, **_m(min=0, max=2**32 - 1))
     device: str = "auto"
     amp: bool = True
+    warmup_terms: str = field(default="reg", **_m(choices=tuple(WARMUP_CHOICES)))
+    select_after_warmup: bool = False
 
     def __post_init__(self) -> None:
         from dsrsd.validate import check_config
@@ -75,8 +90,20 @@ class TrainConfig:
             raise DsrsdError(f"unknown config key(s): {sorted(bad)} (allowed: {', '.join(sorted(known))})")
         return cls(**d)
 
+    def warmup(self) -> dict[str, int]:
+        """Term name -> warm-up length in epochs (the terms ``warmup_terms`` names)."""
+        return {t: self.warmup_epochs for t in WARMUP_CHOICES[self.warmup_terms]}
+
+    def selection_start(self) -> int:
+        """The first epoch whose checkpoint may be chosen (and from which patience counts)."""
+        return self.warmup_epochs if self.select_after_warmup else 0
+
     def hash(self) -> str:
-        """Short stable hash of the config, excluding the device (results should not differ)."""
+        """Short stable hash of the config, excluding the device (results should not differ)
+        and the :data:`HASH_OMITTED_AT_DEFAULT` fields while they hold their default."""
         d = self.to_dict()
         d.pop("device")
+        for f in fields(self):
+            if f.name in HASH_OMITTED_AT_DEFAULT and d[f.name] == f.default:
+                d.pop(f.name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

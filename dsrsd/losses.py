@@ -280,6 +280,19 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
     return min(1.0, (epoch + 1) / warmup_epochs)
 
 
+def effective_weights(names, weights: dict[str, float], epoch: int = 0,
+                      warmup: dict[str, int] | None = None) -> dict[str, float]:
+    """Each auxiliary term's weight in the objective at ``epoch``: ``w_t * warmup_t(epoch)``
+    (0 for a term whose weight is missing or zero). ``names`` may include ``"task"`` (skipped)."""
+    warmup = warmup or {}
+    out = {}
+    for name in names:
+        if name != "task":
+            w = weights.get(name, 0.0)
+            out[name] = w * warmup_factor(epoch, warmup.get(name, 0)) if w else 0.0
+    return out
+
+
 def total_objective(terms: dict[str, Tensor], weights: dict[str, float], epoch: int = 0,
                     warmup: dict[str, int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``L = L_task + sum_t w_t * warmup_t(epoch) * L_t``; returns the total and every term.
@@ -287,7 +300,7 @@ def total_objective(terms: dict[str, Tensor], weights: dict[str, float], epoch: 
     ``terms`` must hold ``"task"``; a term whose weight is missing or zero is logged but not
     added. ``warmup`` maps a term name to its warm-up length in epochs.
     """
-    warmup = warmup or {}
+    eff = effective_weights(terms, weights, epoch, warmup)
     total = terms["task"]
     # Logged values stay detached tensors: no host sync per step on CUDA.
     logged = {"task": terms["task"].detach()}
@@ -295,8 +308,7 @@ def total_objective(terms: dict[str, Tensor], weights: dict[str, float], epoch: 
         if name == "task":
             continue
         logged[name] = value.detach()
-        w = weights.get(name, 0.0)
-        if w:
-            total = total + w * warmup_factor(epoch, warmup.get(name, 0)) * value
+        if eff[name]:
+            total = total + eff[name] * value
     logged["total"] = total.detach()
     return total, logged

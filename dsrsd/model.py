@@ -409,4 +409,5 @@ class DSRSDNet(FusionModel):
         aux = self.aux_losses(st, batch) if self.training or torch.is_grad_enabled() else {}
         if aux and self.modality_task_weight > 0:
             aux["modality_task"] = self.modality_task(st, batch)
-        return Output(logits, aux, {"alpha": alpha.detach(), "gate": g.detach().mean(1)})
+        return Output(logits, aux, {"alpha": alpha.detach(), "gate": g.detach().mean(1),
+                                    "present": st["present"]})

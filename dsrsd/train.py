@@ -29,11 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.std import tqdm  # the text bar: tqdm.auto warns in kernels without ipywidgets
 
 from dsrsd.base import DirectFit, FusionModel, drop_modalities
-from dsrsd.config import WARMUP_TERMS, TrainConfig
+from dsrsd.config import TrainConfig
 from dsrsd.data import Splits, flat_targets, load_dataset
 from dsrsd.data.batch import MultimodalData
 from dsrsd.errors import DsrsdError
+from dsrsd.losses import effective_weights
 from dsrsd.metrics import binary_metrics, multiclass_metrics
+from dsrsd.observe import EpochObserver
 from dsrsd.records import atomic_torch_save, atomic_write_json, provenance
 from dsrsd.registry import build_model
 from dsrsd.step import autocast, make_optimizer, supervised_loss, train_epoch
@@ -165,6 +167,14 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _local_share(batch, device: torch.device) -> torch.Tensor:
+    """Under torchrun, this rank's share ``n_local / n_all`` of the global batch's samples."""
+    n_local = torch.tensor(float(len(batch)), device=device)
+    n_all = n_local.clone()
+    dist.all_reduce(n_all)
+    return n_local / n_all
+
+
 def _data_parallel_task(world: int, device: torch.device):
     """The supervised loss's ``adjust`` under torchrun (``DistributedDataParallel`` averages
     gradients over ranks).
@@ -177,10 +187,7 @@ def _data_parallel_task(world: int, device: torch.device):
     """
 
     def adjust(loss, task, logged, batch):
-        n_local = torch.tensor(float(len(batch)), device=device)
-        n_all = n_local.clone()
-        dist.all_reduce(n_all)
-        share = n_local / n_all
+        share = _local_share(batch, device)
         task_all = task.detach() * share
         dist.all_reduce(task_all)
         logged["total"] = logged["total"] - logged["task"] + task_all
@@ -271,11 +278,29 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
         "test": evaluate(model, test, device=device, amp=cfg.amp),
         "robustness": robustness(model, test, device=device, amp=cfg.amp, seed=cfg.seed),
         "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
+        "selection": selection_policy(cfg),
         "wall_time_s": time.perf_counter() - t0, **provenance(device), **(labels or {})})
     if out is not None and rank == 0:
         atomic_write_json(out / "metrics.json", record)
     record["model"] = model
     return record
+
+
+def _weighted(row: dict, eff: dict[str, float]) -> dict:
+    """The epoch's ``weights`` (each logged auxiliary term's weight in the objective, warm-up
+    included) and ``weighted`` terms (task, and each term times that weight)."""
+    terms = [k for k in row if k not in ("epoch", "task", "total", "val_auc")]  # logged terms
+    weights = {t: eff.get(t, 0.0) for t in terms}
+    return {"weights": weights,
+            "weighted": {"task": row["task"], **{t: w * row[t] for t, w in weights.items()}}}
+
+
+def selection_policy(cfg: TrainConfig) -> dict:
+    """How the record's checkpoint was chosen: the warmed-up terms, the warm-up length, and
+    whether choice (and patience) waited for the warm-up's end (``first_eligible_epoch``)."""
+    return {"warmup_terms": sorted(cfg.warmup()), "warmup_epochs": cfg.warmup_epochs,
+            "after_warmup": cfg.select_after_warmup,
+            "first_eligible_epoch": min(cfg.selection_start(), cfg.epochs - 1)}
 
 
 def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progress, rank, world):
@@ -302,7 +327,10 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             # Early stopping had fired at the saved epoch: the run is over, only its record
             # was not written yet. Training on would give a different (wrong) result.
             start = cfg.epochs
-    warm = {t: cfg.warmup_epochs for t in WARMUP_TERMS}
+    warm = cfg.warmup()
+    # Inside the warm-up (select_after_warmup) nothing is chosen and patience does not count;
+    # a run that ends inside it keeps its last epoch.
+    first_eligible = selection_policy(cfg)["first_eligible_epoch"]
     # Under torchrun the step runs through DDP (it averages gradients over ranks); the epoch
     # hook, evaluation and checkpoints use the network itself.
     step_net, adjust = model, None
@@ -311,14 +339,19 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
         adjust = _data_parallel_task(world, device)
+    observed = {"gather": gather_rows, "task_scale": lambda b: world * _local_share(b, device)
+                } if world > 1 else {}
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method}", disable=not progress or rank > 0,
                initial=start, total=cfg.epochs, leave=False)
     for epoch in bar:
         model.on_epoch_start(epoch, train, device)
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
-        loss_fn = supervised_loss(cfg.weights, epoch, warm, adjust)
-        for logged in train_epoch(step_net, train, opt, loss_fn, cfg, epoch, device, rank, world):
+        eff = effective_weights(cfg.weights, cfg.weights, epoch, warm)  # this epoch's weights
+        observer = EpochObserver(train.names, train.task.kind, eff, **observed)
+        loss_fn = supervised_loss(cfg.weights, epoch, warm, adjust, observer)
+        for logged in train_epoch(step_net, train, opt, loss_fn, cfg, epoch, device, rank, world,
+                                  observer=observer):
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_steps += 1
@@ -327,13 +360,15 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             raise DsrsdError(f"training diverged in epoch {epoch}: the loss is {row['total']} "
                              f"(lower --lr or the loss weights)")
         row["val_auc"] = evaluate(model, val, device=device, amp=cfg.amp)["auc"]
+        row.update(_weighted(row, eff), **observer.summary())
         history.append(row)
         score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["task"]
-        if score > best["score"]:
+        eligible = epoch >= first_eligible
+        if eligible and score > best["score"]:
             best = {"score": score, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             bad_epochs = 0
-        else:
+        elif eligible:
             bad_epochs += 1
         bar.set_postfix(loss=f"{row['total']:.3f}", val_auc=f"{row['val_auc']:.3f}")
         stop = bad_epochs >= cfg.patience
