@@ -13,8 +13,12 @@ import os
 import sys
 import typing
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dsrsd.errors import DsrsdError
+
+if TYPE_CHECKING:
+    from dsrsd.config import TrainConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,38 +50,69 @@ def _kv(items: list[str] | None, flag: str) -> dict:
     return out
 
 
+# TrainConfig fields set through KEY=VALUE lists, and the flags' own names where they differ
+_DICT_FLAGS = {"data_params": ("--data", "KEY=VALUE", "dataset parameter"),
+               "method_params": ("--param", "KEY=VALUE", "method parameter"),
+               "weights": ("--weight", "TERM=W", "loss weight (others keep their default)")}
+_ALIASES = {"d": ("--hidden", "--d")}
+
+
+def config_flags() -> dict[str, tuple[str, ...]]:
+    """TrainConfig field -> its ``train`` flags: every field of the config can be set."""
+    from dataclasses import fields
+
+    from dsrsd.config import TrainConfig
+    return {f.name: _DICT_FLAGS[f.name][:1] if f.name in _DICT_FLAGS
+            else _ALIASES.get(f.name, (f"--{f.name.replace('_', '-')}",))
+            for f in fields(TrainConfig)}
+
+
 def _train_parser(sub) -> None:
+    """``train``'s options, one per :class:`~dsrsd.config.TrainConfig` field (derived from the
+    dataclass, so a new field is a new option); unset options keep the config's defaults."""
+    from dataclasses import MISSING, fields
+
+    from dsrsd.config import TrainConfig
     p = sub.add_parser("train", help="train one method on one dataset and write DIR/metrics.json")
-    p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--method", default="dsrsd")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    hints = typing.get_type_hints(TrainConfig)
+    flags = config_flags()
+    for f in fields(TrainConfig):
+        if f.name in _DICT_FLAGS:
+            flag, metavar, text = _DICT_FLAGS[f.name]
+            p.add_argument(flag, dest=f.name, action="append", metavar=metavar, help=text)
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        meta = dict(f.metadata)
+        text = f"default {default}" + (f"; one of {', '.join(meta['choices'])}"
+                                       if "choices" in meta else "")
+        hint = hints[f.name]
+        if hint is bool:
+            p.add_argument(*flags[f.name], dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
+        else:
+            p.add_argument(*flags[f.name], dest=f.name, type=hint, default=None, help=text,
+                           metavar={int: "N", float: "X"}.get(hint, "NAME"))
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if present")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, default=64, help="hidden size d of every encoder")
-    p.add_argument("--seq-encoder", default="gru", choices=None)
-    p.add_argument("--modality-dropout", type=float, default=0.0)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--data", action="append", metavar="KEY=VALUE", help="dataset parameter")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter")
-    p.add_argument("--weight", action="append", metavar="TERM=W", help="loss weight")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _train(a: argparse.Namespace) -> int:
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    """The run config of parsed ``train`` options (unset options: the dataclass defaults)."""
+    from dataclasses import fields
+
     from dsrsd.config import DEFAULT_WEIGHTS, TrainConfig
+    given = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
+             if f.name not in _DICT_FLAGS and getattr(a, f.name, None) is not None}
+    return TrainConfig(**given, data_params=_kv(a.data_params, "--data"),
+                       method_params=_kv(a.method_params, "--param"),
+                       weights={**DEFAULT_WEIGHTS, **_kv(a.weights, "--weight")})
+
+
+def _train(a: argparse.Namespace) -> int:
     from dsrsd.train import fit
 
-    cfg = TrainConfig(method=a.method, dataset=a.dataset, epochs=a.epochs, seed=a.seed,
-                      device=a.device, batch_size=a.batch_size, lr=a.lr, d=a.hidden,
-                      seq_encoder=a.seq_encoder, modality_dropout=a.modality_dropout, dropout=a.dropout,
-                      patience=a.patience, data_params=_kv(a.data, "--data"),
-                      method_params=_kv(a.param, "--param"),
-                      weights={**DEFAULT_WEIGHTS, **_kv(a.weight, "--weight")})
+    cfg = train_config(a)
     if not a.out:
         raise DsrsdError("--out must not be empty")
     dist_on = _maybe_init_distributed(cfg.device)
@@ -107,7 +142,8 @@ def _maybe_init_distributed(device: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[OneLineParser, object]:
+    """The ``python -m dsrsd`` parser, and the sweep module (``None`` if it cannot load)."""
     parser = OneLineParser(prog="python -m dsrsd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
@@ -116,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         sweep_mod.add_parser(sub)
     except ImportError:
         sweep_mod = None
+    return parser, sweep_mod
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, sweep_mod = build_parser()
     a = parser.parse_args(argv)
     with _sigterm_as_interrupt():
         return _dispatch(parser, a, sweep_mod)

@@ -1,6 +1,7 @@
 """Sweeps: ``python -m dsrsd sweep --grid GRID.json | --preset NAME --out results/runs``.
 
-A grid expands methods x datasets x seeds (x folds) into runs; each run calls
+``--preset NAME`` is the experiment ``experiments/NAME.json``: experiments are data files, and
+this module only expands and executes them. A grid expands methods x datasets x seeds (x folds) into runs; each run calls
 :func:`dsrsd.train.fit` and writes ``<out>/<run_id>/metrics.json`` (the record, with provenance).
 ``run_id`` is readable plus the config hash (``oulad-dsrsd-s0-<hash>``), built only from
 checked names (letters, digits, ``._+=-``; at most 64 characters each), integers and the hash;
@@ -21,11 +22,17 @@ the run folder is always a direct child of ``--out``.
 
 Grid JSON (every key but ``methods`` and ``datasets`` optional)::
 
-    {"methods": ["dsrsd", "early"],
+    {"name": "my_grid", "description": "what it measures, and why its budget",
+     "methods": ["dsrsd", "early"],
      "datasets": [{"name": "oulad", "data_params": {"cutoff": 0.5}, "seeds": [0, 1, 2]},
                   {"name": "assist2009", "folds": [1, 2, 3], "max_train": 800}],
      "seeds": [0], "config": {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512},
-     "method_params": {"unimodal": {"modality": "behaviour"}}}
+     "method_params": {"unimodal": {"modality": "behaviour"}},
+     "variants": {"dsrsd-no_orth": {"method": "dsrsd", "weights": {"orth": 0.0},
+                                    "group": "ablation", "note": "why this variant"}}}
+
+``group`` (grid or variant: ``main`` by default, ``ablation``, ``selection``, ``reference``) and
+the grid's ``name`` go into every record of the run.
 
 ``max_train`` (dataset level) trains on a seeded random subsample of that many training samples
 (validation and test stay whole); it is kept in the record's ``data_params`` and so in its hash.
@@ -46,73 +53,38 @@ from typing import TypedDict
 
 from dsrsd.errors import DsrsdError
 
-_OULAD = {"cutoff": 0.5, "label": "binary", "split": "temporal"}
-# Every neural method trains with modality dropout 0.15, book/papers.md's missing-modality protocol [R].
-_COMMON = {"epochs": 15, "patience": 3, "d": 64, "batch_size": 512, "modality_dropout": 0.15}
-_ALL = ["dsrsd", "early", "late", "late_logit", "unimodal", "gbdt", "coattention", "coral",
-        "clear", "misa"]
-# The two attention-heavy peers cost 12-38x early fusion per step on CPU (results/cost.csv):
-# they get 5 epochs (patience 2) so the 5-seed grid fits a CPU session; records say so.
-_HEAVY = {"coattention": {"method": "coattention", "config": {"epochs": 5, "patience": 2}},
-          "coral": {"method": "coral", "config": {"epochs": 5, "patience": 2}}}
-# Loss-term ablations of DSRSD-Net: one term off at a time, and all off (the same architecture
-# trained on the task loss alone). Named "<method>-<change>": tables keep them out of headlines.
-_ABLATIONS = {
-    **{f"dsrsd-no_{t}": {"method": "dsrsd", "weights": {t: 0.0}}
-       for t in ("align_con", "align_reg", "decor", "orth", "recon")},
-    "dsrsd-task_only": {"method": "dsrsd", "weights": {t: 0.0 for t in (
-        "align_con", "align_reg", "decor", "orth", "recon")}},
-}
-# DSRSD-Net with book/papers.md section 1.4's weights (alignment 0.1 + 0.1, decorrelation 0.04,
-# orthogonality 0.1, no reconstruction) instead of the package defaults, which were chosen on
-# the synthetic data (orthogonality 10). It is in the main grids because it had the best
-# validation AUC of the OULAD ablation variants (seeds 0-2); test AUC played no part.
-_PAPER_WEIGHTS = {"dsrsd_pw": {"method": "dsrsd", "weights": {
-    "align_con": 0.1, "align_reg": 0.1, "decor": 0.04, "orth": 0.1, "recon": 0.0}}}
+# Experiments are data: one grid file per experiment in ``experiments/`` (its ``description`` says
+# what it measures and why its budget is what it is); this module only expands and executes them.
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+# What a run is for, kept in its record: a headline comparison, an ablation of one model, a
+# configuration search, or a reference point (e.g. an in-domain run beside a cross-domain one).
+GROUPS = ("main", "ablation", "selection", "reference")
 
-PRESETS: dict[str, dict] = {
-    "oulad": {"methods": [*_ALL, "dsrsd_pw"],
-              "datasets": [{"name": "oulad", "data_params": dict(_OULAD), "seeds": [0, 1, 2, 3, 4]}],
-              "config": dict(_COMMON), "variants": {**_HEAVY, **_PAPER_WEIGHTS},
-              "method_params": {"unimodal": {"modality": "behaviour"}}},
-    "oulad_xdomain": {
-        "methods": ["dsrsd", "dsrsd_pw", "early", "late_logit", "gbdt"],
-        "datasets": [{"name": "oulad", "setting": f"oulad-{d}", "seeds": [0, 1, 2],
-                      "data_params": {**_OULAD, "split": "cross_domain", "direction": d}}
-                     for d in ("stem2soc", "soc2stem")],
-        "config": dict(_COMMON), "variants": _PAPER_WEIGHTS},
-    "oulad_ablation": {
-        "methods": ["dsrsd", *_ABLATIONS, "dsrsd_pw"],
-        "datasets": [{"name": "oulad", "data_params": dict(_OULAD), "seeds": [0, 1, 2]}],
-        "config": dict(_COMMON), "variants": {**_ABLATIONS, **_PAPER_WEIGHTS}},
-    # ASSISTments: every method on the 5 AKT folds, training on a seeded subsample of 600
-    # student windows (of ~2,750) for 6 epochs (co-attention 1, COrAL 2), so the grid fits a
-    # 2-core CPU session.
-    "assist": {"methods": [*_ALL, "dsrsd_pw"],
-               "datasets": [{"name": "assist2009", "folds": [1, 2, 3, 4, 5], "max_train": 600}],
-               "config": {**_COMMON, "epochs": 6, "patience": 2, "batch_size": 32},
-               # per-step co-attention over 200-step windows costs minutes per epoch on CPU
-               "variants": {"coattention": {"method": "coattention", "config": {"epochs": 1}},
-                            "coral": {"method": "coral", "config": {"epochs": 2, "patience": 2}},
-                            **_PAPER_WEIGHTS},
-               "method_params": {"unimodal": {"modality": "history"}}},
-    "smoke": {"methods": ["dsrsd", "early"],
-              "datasets": [{"name": "synthetic", "data_params": {"n": 300}, "seeds": [0]}],
-              "config": {"epochs": 2, "d": 16, "batch_size": 64}},
-}
+
+def experiments() -> dict[str, Path]:
+    """Experiment name -> its grid file (``experiments/<name>.json``)."""
+    if not EXPERIMENTS_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(EXPERIMENTS_DIR.glob("*.json"))}
+
+
+PRESETS: dict[str, Path] = experiments()
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of methods x datasets x seeds into records")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--grid", help="grid JSON file")
-    src.add_argument("--preset", choices=sorted(PRESETS))
+    src.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                     help=f"an experiment of experiments/: {', '.join(sorted(PRESETS))}")
     p.add_argument("--out", default="results/runs", help="folder of run records")
     p.add_argument("--jobs", type=_positive(256), default=1,
                    help="runs at a time, each in its own process")
     p.add_argument("--epochs", type=_positive(100_000), default=None,
                    help="override every run's epochs")
     p.add_argument("--quick", action="store_true", help="1 epoch per run (a format check)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU; as `train`), cpu, cuda, cuda:N")
     p.add_argument("--only-method", action="append", help="restrict to these methods")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("--executor", choices=("papermill", "direct"), default="papermill",
@@ -124,6 +96,7 @@ class GridDataset(TypedDict, total=False):
     """One entry of a grid's ``datasets`` (``name`` required; a bare string is the name)."""
 
     name: str
+    note: str
     setting: str
     data_params: dict
     seeds: list[int]
@@ -138,11 +111,16 @@ class GridVariant(TypedDict, total=False):
     config: dict
     weights: dict
     method_params: dict
+    group: str
+    note: str
 
 
 class Grid(TypedDict, total=False):
     """A grid file (``methods`` and ``datasets`` required)."""
 
+    name: str
+    description: str
+    group: str
     methods: list[str]
     datasets: list
     seeds: list[int]
@@ -165,7 +143,7 @@ def load_grid(grid: str | None = None, preset: str | None = None) -> dict:
     if preset is not None:
         if preset not in PRESETS:
             raise DsrsdError(f"unknown preset {preset!r} (expected {', '.join(sorted(PRESETS))})")
-        return check_grid(json.loads(json.dumps(PRESETS[preset])), f"preset {preset}")
+        grid = str(PRESETS[preset])
     try:
         g = json.loads(Path(grid).read_text(encoding="utf-8"))
     except OSError as e:
@@ -194,6 +172,9 @@ def check_grid(g: object, where: str = "grid") -> dict:
                 raise DsrsdError(f"{where}: {what} needs a non-empty {k!r}")
 
     keys("key", g, Grid, ("methods", "datasets"))
+    if "name" in g:
+        v.check_name(f"{where}: name", g["name"])
+    v.check_value(f"{where}: group", g.get("group", "main"), str, {"choices": GROUPS})
     labels = g["methods"]
     for m in labels:
         v.check_name(f"{where}: method label", m)
@@ -213,6 +194,8 @@ def check_grid(g: object, where: str = "grid") -> dict:
     for label, var in g.get("variants", {}).items():
         v.check_name(f"{where}: variant label", label)
         keys(f"variant {label!r}", var, GridVariant)
+        v.check_value(f"{where}: variant {label!r} group", var.get("group", "main"), str,
+                      {"choices": GROUPS})
         config(f"variant {label!r} config", var.get("config", {}))
         v.check_weights(var.get("weights", {}))
     mps = g.get("method_params", {})
@@ -237,7 +220,7 @@ def check_grid(g: object, where: str = "grid") -> dict:
 
 
 def expand(grid: dict, epochs: int | None = None, quick: bool = False,
-           device: str = "cpu") -> list[dict]:
+           device: str = "auto") -> list[dict]:
     """The runs of ``grid``: dicts with ``run_id``, ``config`` (TrainConfig dict), ``hash``.
 
     ``run_id`` is built only from checked names (:func:`dsrsd.validate.check_name`), integers
@@ -281,7 +264,10 @@ def expand(grid: dict, epochs: int | None = None, quick: bool = False,
                         cfgd["epochs"] = base["epochs"]
                     tag = (f"{setting}-{label}" + (f"-f{fold}" if fold is not None else "")
                            + f"-s{seed}")
-                    run = {"config": cfgd, "variant": label, "setting": setting}
+                    run = {"config": cfgd, "variant": label, "setting": setting,
+                           "group": var.get("group", grid.get("group", "main"))}
+                    if grid.get("name"):
+                        run["experiment"] = grid["name"]
                     try:
                         h = TrainConfig.from_dict(cfgd).hash()
                         runs.append({**run, "run_id": f"{tag}-{h}", "hash": h})
@@ -332,7 +318,8 @@ def execute_run(run: dict, out: str | Path) -> dict:
     cfg = TrainConfig.from_dict(run["config"])
     splits = load_dataset(cfg.dataset, seed=cfg.seed, **cfg.data_params)
     labels = {"variant": run.get("variant", cfg.method),
-              "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"]}
+              "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"],
+              **{k: run[k] for k in ("group", "experiment") if k in run}}
     # resume=True continues a run killed mid-way from its last.pt (same config hash only)
     rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False, labels=labels)
     rec.pop("model")

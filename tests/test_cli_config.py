@@ -1,0 +1,110 @@
+"""The command line matches the config, and experiments are data files with explicit groups."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+
+from dsrsd import sweep as sw
+from dsrsd.cli import build_parser, config_flags, main, train_config
+from dsrsd.config import TrainConfig
+from dsrsd.errors import DsrsdError
+
+# A valid non-default value for string fields without a list of choices
+_STR_VALUES = {"method": "early", "dataset": "oulad", "device": "cpu"}
+
+
+def _other_value(f) -> object:
+    default = f.default if f.default is not MISSING else f.default_factory()
+    meta = dict(f.metadata)
+    if "choices" in meta:
+        return next(c for c in meta["choices"] if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default * 0.5 + 0.01
+    return _STR_VALUES[f.name]
+
+
+def _flag_args(name: str, value: object) -> list[str]:
+    flag = config_flags()[name][0]
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    return [flag, str(value)]
+
+
+def test_every_config_field_has_a_train_option_that_reaches_the_config():
+    parser, _ = build_parser()
+    dict_fields = {"data_params", "method_params", "weights"}
+    for f in fields(TrainConfig):
+        if f.name in dict_fields:
+            continue
+        value = _other_value(f)
+        a = parser.parse_args(["train", "--out", "o", *_flag_args(f.name, value)])
+        cfg = train_config(a)
+        assert getattr(cfg, f.name) == value, f.name
+        # every other field keeps the dataclass default
+        plain = TrainConfig()
+        for g in fields(TrainConfig):
+            if g.name not in (f.name, "weights"):
+                assert getattr(cfg, g.name) == getattr(plain, g.name), (f.name, g.name)
+
+
+def test_unset_options_give_the_default_config_and_its_hash():
+    parser, _ = build_parser()
+    cfg = train_config(parser.parse_args(["train", "--out", "o"]))
+    assert cfg.hash() == TrainConfig().hash()
+
+
+def test_options_the_old_cli_lacked_reach_the_record(tmp_path):
+    out = tmp_path / "r"
+    rc = main(["train", "--epochs", "2", "--hidden", "8", "--data", "n=200", "--batch-size", "64",
+               "--weight-decay", "0.5", "--warmup-epochs", "1", "--grad-clip", "0", "--no-amp",
+               "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    c = json.loads((out / "metrics.json").read_text())["config"]
+    assert (c["weight_decay"], c["warmup_epochs"], c["grad_clip"], c["amp"]) == (0.5, 1, 0.0, False)
+
+
+def test_bad_option_value_is_one_line(capsys):
+    assert main(["train", "--out", "o", "--weight-decay", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "weight_decay" in err
+
+
+def test_experiment_files_are_named_described_and_grouped():
+    files = sorted(sw.EXPERIMENTS_DIR.glob("*.json"))
+    assert files and set(sw.PRESETS) == {p.stem for p in files}
+    for p in files:
+        g = json.loads(p.read_text())
+        assert g["name"] == p.stem, p
+        assert len(g["description"]) > 40, p
+        runs = sw.expand(sw.load_grid(preset=p.stem))
+        assert {r["group"] for r in runs} <= set(sw.GROUPS)
+        assert {r["experiment"] for r in runs} == {p.stem}
+    abl = sw.expand(sw.load_grid(preset="oulad_ablation"))
+    # the grid says which runs are ablations: no naming rule needed
+    assert {r["variant"] for r in abl if r["group"] == "ablation"} == {
+        r["variant"] for r in abl if r["variant"].startswith("dsrsd-")}
+
+
+def test_bad_group_is_a_one_line_error(tmp_path):
+    g = json.loads((sw.EXPERIMENTS_DIR / "smoke.json").read_text())
+    g["variants"] = {"early": {"method": "early", "group": "headline"}}
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps(g))
+    with pytest.raises(DsrsdError, match="group must be one of main, ablation"):
+        sw.load_grid(str(p))
+
+
+def test_records_carry_group_and_experiment(tmp_path):
+    runs = sw.expand(sw.load_grid(preset="smoke"), device="cpu")[:1]
+    s = sw.sweep(runs, tmp_path, progress=False, executor="direct")
+    assert s["ok"] == 1
+    rec = json.loads(next(Path(tmp_path).glob("*/metrics.json")).read_text())
+    assert (rec["group"], rec["experiment"]) == ("main", "smoke")
