@@ -122,6 +122,33 @@ def bold_dsrsd_ticks(ax, axis: str = "y") -> None:
             t.set_color(HIGHLIGHT)
 
 
+def method_strip(df, order: list[str], unit: str, seed: int = 0, metric: str = "test_auc"):
+    """Test AUC per method from run records ``df``: one point per ``unit`` (``"seed"`` or
+    ``"fold"``, jitter seeded with ``seed``), mean and standard deviation as a diamond and bar,
+    DSRSD-Net's row shaded, the legend outside the data. Returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    if df[unit].notna().all() and (df[unit] % 1 == 0).all():
+        df = df.assign(**{unit: df[unit].astype(int)})  # folds and seeds read 1, not 1.0
+    fig, ax = plt.subplots(figsize=(8.5, 0.33 * len(order) + 1.3))
+    for i, label in enumerate(order):
+        if is_dsrsd(label):
+            ax.axhspan(i - 0.5, i + 0.5, color=HIGHLIGHT, alpha=0.12, lw=0)
+    sns.pointplot(data=df, y="variant", x=metric, order=order, errorbar="sd", linestyle="none",
+                  color="0.2", markers="D", ax=ax)
+    np.random.seed(seed)  # seaborn draws the strip jitter from numpy's global generator
+    sns.stripplot(data=df, y="variant", x=metric, order=order, hue=unit, palette="deep", size=6,
+                  alpha=0.8, ax=ax)
+    ax.set(xlabel=f"test AUC (points: {unit}s; diamond and bar: mean ± sd)", ylabel="")
+    ax.grid(axis="x", color="0.9")
+    legend_outside(ax, title=unit)
+    bold_dsrsd_ticks(ax)
+    fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------- architecture
 def architecture_figure():
     """DSRSD-Net as the code computes it (``DSRSDNet.streams``, ``fuse`` and ``aux_losses``):

@@ -131,3 +131,22 @@ def test_import_dsrsd_is_light_and_every_public_name_resolves():
     assert dsrsd.DSRSDNet.__name__ == "DSRSDNet" and "dsrsd" in dsrsd.METHODS
     with pytest.raises(AttributeError, match="no_such_name"):
         dsrsd.no_such_name  # noqa: B018
+
+
+def test_method_strip_is_seeded_highlights_dsrsd_and_keeps_the_legend_off_the_data():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame([{"variant": v, "seed": s, "test_auc": 0.8 + 0.01 * i + 0.002 * rng.normal()}
+                       for i, v in enumerate(["early", "dsrsd", "late"]) for s in range(5)])
+    offsets = []
+    for _ in range(2):
+        fig = book.method_strip(df, ["late", "dsrsd", "early"], "seed", seed=1)
+        ax = fig.axes[0]
+        offsets.append(np.concatenate([c.get_offsets() for c in ax.collections]))
+        fig.canvas.draw()
+        assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+        dsrsd_tick = [t for t in ax.get_yticklabels() if t.get_text() == "dsrsd"][0]
+        assert dsrsd_tick.get_fontweight() == "bold"
+        plt.close(fig)
+    assert np.array_equal(offsets[0], offsets[1])  # the jitter is the same on every run
