@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from dsrsd.errors import DsrsdError
 
@@ -82,6 +86,57 @@ def budget(quick: bool, quick_preset: dict, full_preset: dict, echo: bool = True
         print(f"budget ({mode}): " + ", ".join(
             f"{k} {v}" + ("" if given[k] is None else " (set explicitly)") for k, v in values.items()))
     return tuple(values.values())
+
+
+# ----------------------------------------------------------------------------- findings
+def glued(notebook: str | Path) -> dict[str, object]:
+    """The values a committed notebook glued (``myst_nb.glue``), by name: numbers as numbers,
+    the rest as text. Glue works within one page only; this is how another page quotes them."""
+    import ast
+    import json
+
+    values = {}
+    for cell in json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]:
+        for out in cell.get("outputs", []):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = out.get("data", {}).get("application/papermill.record/text/plain")
+            if name and text is not None:
+                try:
+                    values[name] = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    values[name] = text
+    return values
+
+
+def headline(results: str | Path, ref: str = "dsrsd") -> pd.DataFrame:
+    """One row per setting of ``results/summary.csv``: ``ref``'s mean and standard deviation
+    over runs, its rank among the methods (ablation variants ``<method>-<change>`` excluded),
+    the best method and its mean, and how many methods are above ``ref`` after Holm's
+    correction of the paired tests in ``results/significance.csv``."""
+    import pandas as pd
+
+    from dsrsd.stats import holm
+
+    results = Path(results)
+    summ = pd.read_csv(results / "summary.csv")
+    sig = pd.read_csv(results / "significance.csv")
+    rows = []
+    for setting, s in summ.groupby("setting", sort=False):
+        s = s[~s["variant"].str.contains("-")].sort_values("mean", ascending=False)
+        if ref not in set(s["variant"]):
+            continue
+        mine, best = s.set_index("variant").loc[ref], s.iloc[0]
+        t = sig[(sig["setting"] == setting) & (sig["ref"] == ref)
+                & sig["variant"].isin(set(s["variant"]))].copy()
+        t["p_holm"] = holm(t["p_value"]) if len(t) else []
+        rows.append({"setting": setting, "methods": len(s), "runs": int(mine["n"]),
+                     "mean": float(mine["mean"]), "std": float(mine["std"]),
+                     "rank": int(list(s["variant"]).index(ref)) + 1,
+                     "best": best["variant"], "best mean": float(best["mean"]),
+                     "gap to best": float(best["mean"] - mine["mean"]),
+                     "above after Holm": int(((t["p_holm"] < 0.05) & ~t["ref_better"]).sum()),
+                     "below after Holm": int(((t["p_holm"] < 0.05) & t["ref_better"]).sum())})
+    return pd.DataFrame(rows).set_index("setting")
 
 
 # ----------------------------------------------------------------------------- figures

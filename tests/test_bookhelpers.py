@@ -150,3 +150,28 @@ def test_method_strip_is_seeded_highlights_dsrsd_and_keeps_the_legend_off_the_da
         assert dsrsd_tick.get_fontweight() == "bold"
         plt.close(fig)
     assert np.array_equal(offsets[0], offsets[1])  # the jitter is the same on every run
+
+
+# ------------------------------------------------------------------------------ findings
+def test_headline_matches_the_summary_table_and_glued_reads_a_notebook(tmp_path):
+    import json
+
+    import pandas as pd
+
+    results = book.REPO / "results"
+    h = book.headline(results)
+    summ = pd.read_csv(results / "summary.csv")
+    for setting, row in h.iterrows():
+        s = summ[(summ["setting"] == setting) & ~summ["variant"].str.contains("-")]
+        s = s.sort_values("mean", ascending=False).reset_index(drop=True)
+        assert row["methods"] == len(s) and row["best"] == s.loc[0, "variant"]
+        assert s.loc[row["rank"] - 1, "variant"] == "dsrsd"
+        assert row["mean"] == pytest.approx(s.loc[row["rank"] - 1, "mean"])
+        assert 0 <= row["above after Holm"] <= row["rank"] - 1
+    nb = {"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "display_data", "metadata": {"scrapbook": {"name": "x"}},
+         "data": {"application/papermill.record/text/plain": "0.25"}},
+        {"output_type": "display_data", "metadata": {"scrapbook": {"name": "w"}},
+         "data": {"application/papermill.record/text/plain": "'late_logit'"}}]}]}
+    (tmp_path / "n.ipynb").write_text(json.dumps(nb))
+    assert book.glued(tmp_path / "n.ipynb") == {"x": 0.25, "w": "late_logit"}

@@ -4,6 +4,7 @@ committed notebooks that carry no machine paths and no library warnings."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -192,7 +193,7 @@ def test_every_chapter_output_is_checked_exactly_or_with_a_stated_tolerance():
 def test_cells_that_train_carry_a_tolerance_and_the_rest_compare_exactly():
     """The split is deliberate: chapters that only render committed records compare exactly;
     chapters that train live put a tolerance on the cells that print trained numbers."""
-    exact_only = {"06_oulad.ipynb", "07_assistments.ipynb", "11_results.ipynb"}
+    exact_only = {"06_oulad.ipynb", "07_assistments.ipynb", "11_results.ipynb", "intro.ipynb"}
     for path in CHAPTERS:
         tolerances = [tolerance_of(c.metadata) for _, c in _code_cells(path)]
         if path.name in exact_only:
@@ -267,7 +268,8 @@ def test_machine_path_pattern():
 
 
 # ------------------------------------------------------------------------------ chapter shape
-BOOK_CHAPTERS = [p for p in CHAPTERS if p.name != "run.ipynb"]  # run.ipynb documents one run
+# run.ipynb documents one run; intro.ipynb is the book's start page (its findings are glued)
+BOOK_CHAPTERS = [p for p in CHAPTERS if p.name not in ("run.ipynb", "intro.ipynb")]
 
 
 def _headings(path: Path) -> list[str]:
@@ -311,3 +313,144 @@ def test_summaries_state_findings_with_glued_numbers():
         if used - glued:
             problems.append(f"{path.name}: glue keys used but never glued: {sorted(used - glued)}")
     assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------ figures
+def test_every_figure_has_a_caption():
+    """A cell that shows an image carries a MyST-NB figure caption in its metadata (rendered
+    under the image), and shows nothing else that the caption would wrap (no table)."""
+    problems = []
+    for path in CHAPTERS:
+        for i, cell in _code_cells(path):
+            images = [o for o in cell.outputs if set(o.get("data", {})) & set(IMAGES)]
+            if not images:
+                continue
+            fig = cell.metadata.get("mystnb", {}).get("figure", {})
+            if len(str(fig.get("caption", "")).split()) < 8:
+                problems.append(f"{path.name} cell {i}: an image without a caption of a sentence")
+            if not str(fig.get("name", "")).startswith("fig-"):
+                problems.append(f"{path.name} cell {i}: the figure needs a 'fig-...' name")
+            others = [o for o in cell.outputs if o.output_type in ("display_data", "execute_result")
+                      and not set(o.get("data", {})) & set(IMAGES)]
+            if others:
+                problems.append(f"{path.name} cell {i}: a table in a figure cell (split the cell)")
+    assert not problems, "\n".join(problems)
+
+
+def test_strip_plots_are_seeded():
+    """seaborn's strip jitter is random: a chapter draws strips only through book.method_strip
+    (which seeds it) or seeds numpy right before."""
+    found = [f"{p.name} cell {i}" for p in CHAPTERS for i, c in _code_cells(p)
+             if "stripplot(" in c.source and "np.random.seed(" not in c.source]
+    assert not found, f"unseeded strip plots: {found}"
+
+
+# ------------------------------------------------------------------------------ parameters
+def _parameters(path: Path) -> tuple[int, dict]:
+    """(index of the parameters cell, {name: default}) of a notebook."""
+    for i, cell in _code_cells(path):
+        if "parameters" in cell.metadata.get("tags", []):
+            values = {}
+            for node in ast.parse(cell.source).body:
+                assert isinstance(node, ast.Assign), f"{path.name}: parameters cell holds {node}"
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            return i, values
+    raise AssertionError(f"{path.name}: no parameters cell")
+
+
+def _assigned_names(tree: ast.AST):
+    """(name, statement) for every name a statement binds (assignments, loops, with, imports)."""
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor)):
+            targets = [node.target]
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            targets = [it.optional_vars for it in node.items if it.optional_vars is not None]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from ((a.asname or a.name.split(".")[0], node) for a in node.names)
+        elif isinstance(node, ast.NamedExpr):
+            targets = [node.target]
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name):
+                    yield n.id, node
+
+
+def _is_budget_call(node: ast.AST) -> bool:
+    value = getattr(node, "value", None)
+    return (isinstance(node, ast.Assign) and isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute) and value.func.attr == "budget")
+
+
+def test_explicit_parameters_are_never_overwritten():
+    """No cell rebinds a parameter, except ``book.budget``, which keeps every explicit value and
+    is handed each parameter it resolves (``epochs=epochs``); and every parameter is used."""
+    problems = []
+    for path in CHAPTERS:
+        k, params = _parameters(path)
+        used = set()
+        for i, cell in _code_cells(path):
+            if i == k:
+                continue
+            tree = ast.parse(cell.source)
+            for name, node in _assigned_names(tree):
+                if name not in params:
+                    continue
+                if not _is_budget_call(node):
+                    problems.append(f"{path.name} cell {i}: rebinds the parameter {name!r}")
+                    continue
+                passed = {kw.arg: kw.value for kw in node.value.keywords}
+                if not (isinstance(passed.get(name), ast.Name) and passed[name].id == name):
+                    problems.append(f"{path.name} cell {i}: book.budget does not get {name}={name}")
+            asserted = {n.id for a in ast.walk(tree) if isinstance(a, ast.Assert)
+                        for n in ast.walk(a) if isinstance(n, ast.Name)}
+            used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+                     and isinstance(n.ctx, ast.Load)} - asserted
+        problems += [f"{path.name}: parameter {p!r} is never used (or only asserted)"
+                     for p in sorted(set(params) - used)]
+    assert not problems, "\n".join(problems)
+
+
+def test_quick_has_one_meaning():
+    """Every chapter that has ``quick`` says what it is in the same words: the small CPU budget."""
+    problems = []
+    for path in CHAPTERS:
+        k, params = _parameters(path)
+        if "quick" not in params:
+            continue
+        source = nbformat.read(path, as_version=4).cells[k].source
+        line = next(x for x in source.splitlines() if x.startswith("quick ="))
+        if "small CPU budget" not in line or params["quick"] is not True:
+            problems.append(f"{path.name}: {line!r}")
+    assert not problems, "quick must default to True, 'the small CPU budget':\n" + "\n".join(problems)
+
+
+# Values that differ from every chapter's default; a chapter gets those of its parameters.
+OVERRIDES = {"epochs": 50, "n_seeds": 4, "n": 2100, "n_draws": 4, "seed": 1, "quick": False}
+
+
+@pytest.mark.parametrize("path", [p for p in CHAPTERS if p.name != "run.ipynb"],
+                         ids=lambda p: p.stem)
+def test_parameters_passed_explicitly_reach_the_code(path):
+    """Run a chapter's parameters cell, a papermill-style override cell and its setup cell: each
+    overridden parameter still holds the passed value afterwards (e.g. ``-p quick False -p
+    epochs 50`` trains 50 epochs)."""
+    k, params = _parameters(path)
+    cells = nbformat.read(path, as_version=4).cells
+    given = {name: OVERRIDES[name] for name in params if name in OVERRIDES}
+    if not given:
+        pytest.skip(f"{path.name} has no budget parameter")
+    setup = cells[k + 1].source
+    code = "\n".join([cells[k].source, *(f"{n} = {v!r}" for n, v in given.items()), setup,
+                      "import json",
+                      f"print('PARAMS=' + json.dumps({{n: globals()[n] for n in {list(given)!r}}}))"])
+    # setup cells use IPython's display(): a stand-in is enough outside a kernel
+    code = "from IPython.display import display\n" + code
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO / "notebooks", timeout=600,
+                          env={**_env(), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PARAMS="))
+    assert json.loads(line.removeprefix("PARAMS=")) == given
