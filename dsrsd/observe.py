@@ -34,6 +34,16 @@ from dsrsd.metrics import binary_metrics, multiclass_metrics
 
 Gather = Callable[[Tensor], Tensor]
 
+# History keys that are not loss terms: the epoch, the objective, metrics and diagnostics.
+NOT_LOSS_TERMS = ("epoch", "total", "val_auc", "train_auc", "alpha", "gate", "grad_norm",
+                  "weights", "weighted")
+
+
+def loss_terms(row: dict) -> list[str]:
+    """The (unweighted) loss terms of a ``history`` row, in its order (what a plot of the loss
+    terms shows; ``row["weighted"]`` holds them times their weights)."""
+    return [k for k in row if k not in NOT_LOSS_TERMS]
+
 
 class EpochObserver:
     """Diagnostics of one training epoch (see the module docstring).
