@@ -233,6 +233,11 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     With ``out``: ``out/metrics.json`` (the record), ``out/last.pt`` (resumable, every epoch)
     and ``out/best.pt`` (the best-validation weights). Under ``torchrun`` every rank trains on
     its share of each global batch; rank 0 writes.
+
+    Each ``history`` row holds the epoch's mean loss terms, ``val_auc``, the diagnostics of
+    :mod:`dsrsd.observe` (``train_auc``, ``grad_norm``, ``alpha``, ``gate``) and the epoch's
+    ``weights`` and ``weighted`` terms; ``selection`` says how ``best_epoch`` was chosen
+    (:class:`~dsrsd.config.TrainConfig` ``select_after_warmup``).
     """
     t0 = time.perf_counter()
     rank, world = _dist_info()
