@@ -17,7 +17,10 @@ from dsrsd.errors import DsrsdError
 DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 10.0, "recon": 1.0,
                    # COrAL and MISA return one pre-weighted term each (their inner weights are
                    # method_params), so their outer weight is 1.
-                   "coral": 1.0, "misa": 1.0}
+                   "coral": 1.0, "misa": 1.0,
+                   # DSRSD-Net's per-modality task heads: also pre-weighted inside the model
+                   # (method_params modality_task_weight, 0 = not built), so the outer weight is 1.
+                   "modality_task": 1.0}
 # Regularisers warmed up linearly over the first epochs, so the task shapes the space first.
 WARMUP_TERMS = ("decor", "orth")
 # ``TrainConfig.warmup_terms`` -> the terms it ramps: "reg" (the book's runs), "all" (issue 12:
@@ -26,6 +29,8 @@ WARMUP_CHOICES = {"reg": WARMUP_TERMS, "all": tuple(DEFAULT_WEIGHTS)}
 # Fields added after records existed: left out of the hash at their default, so every earlier
 # config keeps its hash (sweeps find their finished runs, --resume accepts old checkpoints).
 HASH_OMITTED_AT_DEFAULT = ("warmup_terms", "select_after_warmup")
+# Loss weights added after records existed: left out of the hash while they hold these values.
+WEIGHTS_OMITTED_AT_DEFAULT = {"modality_task": 1.0}
 
 
 def _m(**meta) -> dict:
@@ -100,10 +105,13 @@ class TrainConfig:
 
     def hash(self) -> str:
         """Short stable hash of the config, excluding the device (results should not differ)
-        and the :data:`HASH_OMITTED_AT_DEFAULT` fields while they hold their default."""
+        and the :data:`HASH_OMITTED_AT_DEFAULT` fields and :data:`WEIGHTS_OMITTED_AT_DEFAULT`
+        weights while they hold their default."""
         d = self.to_dict()
         d.pop("device")
         for f in fields(self):
             if f.name in HASH_OMITTED_AT_DEFAULT and d[f.name] == f.default:
                 d.pop(f.name)
+        d["weights"] = {k: w for k, w in d["weights"].items()
+                        if WEIGHTS_OMITTED_AT_DEFAULT.get(k) != w}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -324,3 +324,21 @@ def test_batched_streams_match_the_default_path(data):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         if pa.grad is not None:
             assert torch.allclose(pa.grad, pb.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_modality_task_heads_enter_the_objective_through_fit():
+    """The pre-weighted ``modality_task`` term is added with outer weight 1 (its default), so
+    ``modality_task_weight`` changes training; weight 0 in ``cfg.weights`` switches it off."""
+    sp = load_synthetic(n=300)
+    base = {"method": "dsrsd", "epochs": 2, "batch_size": 64, "device": "cpu", "d": 16}
+    on = fit(TrainConfig(**base, method_params={"modality_task_weight": 0.5}), splits=sp,
+             progress=False)
+    row = on["history"][0]
+    assert row["weights"]["modality_task"] == 1.0 and row["weighted"]["modality_task"] > 0
+    assert row["grad_norm"]["modality_task"] > 0
+    from dsrsd.config import DEFAULT_WEIGHTS
+    off = fit(TrainConfig(**base, method_params={"modality_task_weight": 0.5},
+                          weights={**DEFAULT_WEIGHTS, "modality_task": 0.0}), splits=sp,
+              progress=False)
+    assert off["history"][0]["grad_norm"]["modality_task"] == 0.0
+    assert off["test"] != on["test"]
