@@ -14,13 +14,15 @@ multi-skill item averages its skill terms (``nn.EmbeddingBag``, padding excluded
 * :class:`KTAttentionEncoder` (``seq_encoder="transformer"``), AKT-style: a knowledge encoder
   (self-attention over interactions, step t sees <= t), a question encoder (over items, <= t)
   and a knowledge retriever whose query at t is the encoded item t and whose keys and values are
-  the encoded items and interactions *before* t, plus a learned null key/value so that step 0
-  has something to attend to. AKT's own parts: the three blocks, post-norm layers, one
-  projection shared by queries and keys, no position embeddings (order comes from the decay).
-  Our simplification: AKT's decay ``exp(-theta d(t, tau))`` uses a context-aware distance that
-  needs a second softmax pass; here ``d`` is the plain step distance ``t - tau``, added as a
-  per-head bias ``-theta_h (t - tau)`` (``theta_h = softplus`` of a learned scalar) to the
-  logits, so each attention is one call of ``scaled_dot_product_attention``.
+  the encoded items and interactions *before* t, plus a learned null key/value (one step before
+  the first) so that step 0 has something to attend to. AKT's own parts: the three blocks,
+  post-norm layers, one projection shared by queries and keys, no position embeddings (order
+  comes from the decay). Our simplifications: AKT's decay ``exp(-theta d(t, tau))`` uses a
+  context-aware distance that needs a second softmax pass; here ``d`` is the plain step
+  distance ``t - tau``, a per-head bias ``-theta_h (t - tau)`` (``theta_h = softplus`` of a
+  learned scalar) on the logits, so each attention is one call of
+  ``scaled_dot_product_attention`` (:class:`DecayAttention`); and no dropout on the attention
+  weights (residual dropout only).
 """
 
 from __future__ import annotations
@@ -98,13 +100,20 @@ class KTRecurrentEncoder(nn.Module):
 class DecayAttention(nn.Module):
     """Multi-head attention with a learned per-head decay in step distance (module docstring).
 
-    ``strict``: query t sees keys < t (else <= t). ``null``: a learned key/value every query
-    sees, at no decay, so a strict step 0 is never an all-masked row.
+    ``strict``: query t sees keys < t (else <= t). ``null``: a learned key/value placed one step
+    before the first, which every query sees, so a strict step 0 is never an all-masked row.
+
+    The decay bias ``-theta_h (t - tau)`` equals ``theta_h tau`` up to a constant per query
+    row, which softmax ignores; so it rides in one extra key feature ``theta_h tau`` (query
+    feature ``sqrt(d_h)``). The mask is then a constant boolean one, and
+    ``scaled_dot_product_attention`` can use its fused kernel while ``theta`` still gets
+    gradients (a learned float mask forces the slower unfused path on CPU). The scores are
+    computed in float32 because ``theta_h tau`` grows with T.
     """
 
-    def __init__(self, d: int, heads: int, dropout: float, null: bool = False):
+    def __init__(self, d: int, heads: int, null: bool = False):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads = heads
         self.qk = nn.Linear(d, d)  # AKT's kq_same: queries and keys share one projection
         self.v = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
@@ -114,23 +123,28 @@ class DecayAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, strict: bool) -> Tensor:
         b, t, d = q.shape
+        dh = d // self.heads
 
         def split(h: Tensor) -> Tensor:
-            return h.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+            return h.view(b, -1, self.heads, dh).transpose(1, 2).float()
 
         qh, kh, vh = split(self.qk(q)), split(self.qk(k)), split(self.v(v))
         steps = torch.arange(t, device=q.device)
-        dist = (steps[:, None] - steps[None, :]).to(q.dtype)
-        allowed = dist > 0 if strict else dist >= 0
-        theta = F.softplus(self.gamma).to(q.dtype)[:, None, None]
-        bias = (-theta * dist.clamp_min(0)).masked_fill(~allowed, float("-inf"))  # [H, T, T]
+        allowed = steps[:, None] > steps[None, :] if strict else steps[:, None] >= steps[None, :]
+        pos = (steps - (t - 1)).float()  # <= 0, so the extra feature stays bounded by theta T
         if self.null_k is not None:
-            kh = torch.cat([self.null_k.to(kh.dtype).expand(b, -1, -1, -1), kh], 2)
-            vh = torch.cat([self.null_v.to(vh.dtype).expand(b, -1, -1, -1), vh], 2)
-            bias = torch.cat([bias.new_zeros(self.heads, t, 1), bias], -1)
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias.unsqueeze(0),
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return self.out(out.transpose(1, 2).reshape(b, t, d))
+            kh = torch.cat([self.null_k.float().expand(b, -1, -1, -1), kh], 2)
+            vh = torch.cat([self.null_v.float().expand(b, -1, -1, -1), vh], 2)
+            pos = torch.cat([pos[:1] - 1, pos])
+            allowed = torch.cat([allowed.new_ones(t, 1), allowed], 1)
+        theta = F.softplus(self.gamma.float())
+        qx = torch.cat([qh, qh.new_full((b, self.heads, t, 1), dh ** 0.5)], -1)
+        kx = torch.cat([kh, (theta[:, None] * pos).expand(b, -1, -1).unsqueeze(-1)], -1)
+        vx = F.pad(vh, (0, 1))  # the fused kernel wants one head size for q, k and v
+        # No dropout on the attention weights (AKT has it): on CPU it draws a [B, H, T, T] mask
+        # per call and was the largest cost of an AKT step; the layer's residual dropout stays.
+        out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=allowed, scale=dh ** -0.5)
+        return self.out(out[..., :dh].transpose(1, 2).reshape(b, t, d).to(q.dtype))
 
 
 class AKTLayer(nn.Module):
@@ -138,7 +152,7 @@ class AKTLayer(nn.Module):
 
     def __init__(self, d: int, heads: int, dropout: float, null: bool = False, ff: bool = True):
         super().__init__()
-        self.attn = DecayAttention(d, heads, dropout, null)
+        self.attn = DecayAttention(d, heads, null)
         self.ln1 = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
         self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Dropout(dropout),

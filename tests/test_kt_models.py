@@ -237,3 +237,48 @@ def test_bad_kt_tensors_are_one_line_errors(splits, edit, words):
     assert "\n" not in str(e.value) and "'history'" in str(e.value)
     with pytest.raises(DsrsdError, match="layout 'kt' needs"):
         ModalitySpec("h", "tabular", 8, vocab=5, layout="kt", items=3)
+
+
+def test_speed_benchmark_runs_on_an_akt_folder(tmp_path, akt_dir):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed.csv"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "kt_speed.py"), "--path",
+                        str(akt_dir), "--data-dir", str(tmp_path / "c"), "--methods", "dkt,akt",
+                        "--threads", "1", "--steps", "1", "--d", "16", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [x["method"] for x in rows] == ["dkt", "akt"]
+    assert all(float(x["ms_step"]) > 0 and int(x["steps_epoch"]) > 0 for x in rows)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_decay_attention_is_softmax_with_a_distance_bias(strict):
+    """The folded decay feature gives softmax(q k / sqrt(d_h) - theta_h (t - tau)) exactly, the
+    null key sitting at tau = -1."""
+    from dsrsd.kt_encoders import DecayAttention
+    torch.manual_seed(0)
+    att = DecayAttention(8, 2, null=strict)
+    with torch.no_grad():
+        att.gamma.copy_(torch.tensor([0.3, -1.0]))
+    q, kv = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    got = att(q, kv, kv, strict)
+
+    def heads(h):
+        return h.view(3, -1, 2, 4).transpose(1, 2)
+    qh, kh, vh = heads(att.qk(q)), heads(att.qk(kv)), heads(att.v(kv))
+    tau = torch.arange(5.0)
+    if strict:
+        kh = torch.cat([att.null_k.expand(3, -1, -1, -1), kh], 2)
+        vh = torch.cat([att.null_v.expand(3, -1, -1, -1), vh], 2)
+        tau = torch.cat([torch.tensor([-1.0]), tau])
+    dist = torch.arange(5.0)[:, None] - tau[None]
+    theta = torch.nn.functional.softplus(att.gamma)[:, None, None]
+    logits = qh @ kh.transpose(-1, -2) / 2 - theta * dist
+    logits = logits.masked_fill(dist <= 0 if strict else dist < 0, float("-inf"))
+    want = att.out((logits.softmax(-1) @ vh).transpose(1, 2).reshape(3, 5, 8))
+    torch.testing.assert_close(got, want)

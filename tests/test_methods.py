@@ -117,7 +117,7 @@ def test_method_trains_and_beats_chance(splits, method, params):
 
 def test_registry_has_every_method():
     assert {"unimodal", "late", "late_logit", "coattention", "gbdt", "coral", "clear",
-            "misa"} <= set(METHODS)
+            "misa", "dkt", "akt"} <= set(METHODS)
 
 
 def test_unknown_method_params_are_clear_errors(splits):
