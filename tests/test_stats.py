@@ -116,3 +116,123 @@ def test_fusion_weights_are_a_distribution_over_present_modalities():
     assert alpha.shape == (len(splits.test), len(splits.test.names)) and gate.shape == (len(splits.test),)
     np.testing.assert_allclose(alpha.sum(1), 1.0, atol=1e-5)
     assert ((gate > 0) & (gate < 1)).all()
+
+
+# ------------------------------------------------------------------ Holm, by hand
+def test_holm_hand_computed_families():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1: 0.03, 0.06, 0.04, made non-decreasing: 0.03, 0.06, 0.06
+    np.testing.assert_allclose(stats.holm([0.04, 0.01, 0.03]), [0.06, 0.03, 0.06])
+    # one test: unchanged; ties keep their order and their (equal) adjusted value
+    assert stats.holm([0.2]).tolist() == [0.2]
+    np.testing.assert_allclose(stats.holm([0.01, 0.01]), [0.02, 0.02])
+    # sorted 0.001, 0.002, 0.3 times 3, 2, 1: the largest p-value keeps its value
+    np.testing.assert_allclose(stats.holm([0.3, 0.001, 0.002]), [0.3, 0.003, 0.004])
+
+
+def test_holm_omits_untested_comparisons_only_when_asked():
+    p = [0.01, np.nan, 0.04]
+    with pytest.raises(ValueError, match="p-values"):
+        stats.holm(p)
+    out = stats.holm(p, nan_policy="omit")  # a family of 2, not 3
+    assert np.isnan(out[1])
+    np.testing.assert_allclose(out[[0, 2]], [0.02, 0.04])
+    assert np.isnan(stats.holm([np.nan], nan_policy="omit")).all()
+    with pytest.raises(ValueError, match="nan_policy"):
+        stats.holm(p, nan_policy="drop")
+
+
+# ------------------------------------------------------------------ retained skill
+def test_retained_skill_is_one_without_a_drop_and_zero_at_chance():
+    assert stats.retained_skill(0.8, 0.8) == pytest.approx(1.0)
+    assert stats.retained_skill(0.5, 0.8) == pytest.approx(0.0)
+    assert stats.retained_skill(0.45, 0.8) < 0  # below chance
+    out = stats.retained_skill(np.array([0.7, 0.6]), np.array([0.9, 0.5]))
+    assert out[0] == pytest.approx(0.5) and np.isnan(out[1])  # no skill to retain
+    assert isinstance(stats.retained_skill(0.7, 0.9), float)
+
+
+# ------------------------------------------------------------------ pairing runs
+def _runs(rows):
+    import pandas as pd
+    return pd.DataFrame(rows, columns=["variant", "unit", "test_auc"])
+
+
+def test_pair_units_keeps_only_shared_units_in_order():
+    df = _runs([("a", "s2", 0.72), ("a", "s0", 0.70), ("a", "s1", 0.71),
+                ("b", "s1", 0.69), ("b", "s2", 0.70), ("b", "s3", 0.50), ("c", "s0", None)])
+    pair = stats.pair_units(df, "a", "b")
+    assert list(pair.index) == ["s1", "s2"] and list(pair.columns) == ["a", "b"]
+    assert pair["a"].tolist() == [0.71, 0.72] and pair["b"].tolist() == [0.69, 0.70]
+
+
+@pytest.mark.parametrize("rows, other, words", [
+    ([("a", "s0", 0.7), ("b", "s1", 0.6)], "b", "share no unit"),
+    ([("a", "s0", 0.7), ("c", "s0", None)], "c", "share no unit"),  # a missing metric is no run
+    ([("a", "s0", 0.7), ("a", "s0", 0.71), ("b", "s0", 0.6)], "b", "more than one"),
+    ([("a", "s0", 0.7)], "nobody", "share no unit"),
+])
+def test_pair_units_errors_are_one_line(rows, other, words):
+    from dsrsd.errors import DsrsdError
+    with pytest.raises(DsrsdError, match=words) as e:
+        stats.pair_units(_runs(rows), "a", other)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DsrsdError, match="no column 'val_auc'"):
+        stats.pair_units(_runs(rows), "a", other, metric="val_auc")
+
+
+def test_paired_t_matches_scipy_and_its_interval_matches_its_p_value():
+    from scipy import stats as sps
+    a = np.array([0.71, 0.73, 0.70, 0.74, 0.72])
+    b = np.array([0.70, 0.70, 0.69, 0.71, 0.71])
+    r = stats.paired_t(a, b)
+    assert r.test == "paired_t" and r.n == 5
+    assert r.p_value == sps.ttest_rel(a, b).pvalue
+    assert r.mean_diff == pytest.approx(0.018)
+    # by hand: sd of the differences, t quantile 2.776 at 4 degrees of freedom
+    half = sps.t.ppf(0.975, 4) * np.std(a - b, ddof=1) / np.sqrt(5)
+    assert (r.lo, r.hi) == pytest.approx((0.018 - half, 0.018 + half))
+    # duality: the 95% interval excludes 0 exactly when p < 0.05
+    assert (r.lo > 0) == (r.p_value < 0.05)
+    level = 1 - r.p_value  # at this level the interval just touches 0
+    assert stats.paired_t(a, b, level=level).lo == pytest.approx(0, abs=1e-12)
+
+
+def test_paired_t_untestable_cases():
+    for a, b in (([0.7], [0.6]), ([0.7, 0.8], [0.7, 0.8]), ([0.7, 0.8], [0.6, 0.7])):
+        r = stats.paired_t(a, b)
+        assert r.test == "none" and np.isnan(r.p_value) and np.isnan(r.lo)
+    with pytest.raises(ValueError, match="equal 1-d"):
+        stats.paired_t([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="level"):
+        stats.paired_t([0.1, 0.2], [0.0, 0.3], level=95)
+
+
+def test_paired_bootstrap_mean_diff_is_seeded_paired_and_within_the_data():
+    a = np.array([0.71, 0.73, 0.70, 0.74, 0.72])
+    b = a - np.array([0.01, 0.03, 0.01, 0.03, 0.01])
+    lo, hi = stats.paired_bootstrap_mean_diff(a, b, n_boot=2000, seed=3)
+    assert 0.01 <= lo < hi <= 0.03  # a percentile interval never leaves the observed range
+    assert (lo, hi) == stats.paired_bootstrap_mean_diff(a, b, n_boot=2000, seed=3)
+    # a shift common to both methods (a seed effect) cancels: pairing at work
+    shift = np.array([0.0, 0.05, -0.05, 0.1, -0.1])
+    assert stats.paired_bootstrap_mean_diff(a + shift, b + shift, 2000, 3) == pytest.approx((lo, hi))
+    with pytest.raises(ValueError, match=">= 2 pairs"):
+        stats.paired_bootstrap_mean_diff([0.7], [0.6])
+
+
+@pytest.mark.parametrize("n, t_min, boot_min, boot_max", [(5, 0.92, 0.78, 0.90), (20, 0.92, 0.88, 0.96)])
+def test_interval_coverage_on_simulated_runs(n, t_min, boot_min, boot_max):
+    """95% intervals on seeded normal differences: the t interval covers about 95% at any n; the
+    run bootstrap undercovers at 5 pairs (about 84%) and nears 95% with more pairs. Loose bounds:
+    400 trials give a standard error of about 1.5 points."""
+    rng = np.random.default_rng(12)
+    trials, true = 400, 0.01
+    t_hit = boot_hit = 0
+    for k in range(trials):
+        d = rng.normal(true, 0.02, n)
+        r = stats.paired_t(d, np.zeros(n))
+        t_hit += r.lo <= true <= r.hi
+        lo, hi = stats.paired_bootstrap_mean_diff(d, np.zeros(n), n_boot=500, seed=k)
+        boot_hit += lo <= true <= hi
+    assert t_min <= t_hit / trials <= 0.98
+    assert boot_min <= boot_hit / trials <= boot_max
