@@ -2,10 +2,11 @@
 
     python -m dsrsd.tables [--runs results/runs] [--out results]
 
-writes ``records.csv`` (one row per run), ``summary.csv`` (mean +- std per method x dataset),
-``significance.csv`` (DSRSD-Net vs each method, paired over matched seeds/folds) and
-``robustness.csv`` (test AUC with modalities hidden at test time) and ``errors.csv`` (failed
-runs, from ``error.json``).
+writes ``records.csv`` (one row per run), ``summary.csv`` (mean +- std per setting x variant),
+``significance.csv`` (DSRSD-Net vs each variant, paired over matched seeds/folds, Holm-corrected
+within each table), ``robustness.csv`` (test AUC and retained skill with modalities hidden at
+test time) and ``errors.csv`` (failed runs, from ``error.json``). The statistics are
+:mod:`dsrsd.stats`; the sentences about them are :mod:`dsrsd.verdicts`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dsrsd import stats
 from dsrsd.errors import DsrsdError
 
 REFS = ("dsrsd", "dsrsd_pw")
-ID_COLS = ["run_id", "method", "variant", "dataset", "setting", "seed", "fold", "unit"]
+ID_COLS = ["run_id", "method", "variant", "dataset", "setting", "group", "experiment", "seed",
+           "fold", "unit"]
+# What a run is for (``dsrsd.sweep`` writes it into the record): headline comparison, ablation,
+# configuration search, or reference point. Only "main" runs enter the headline tables.
+GROUPS = ("main", "ablation", "selection", "reference")
+
+
+def group_of(variant: str, group: str | None = None) -> str:
+    """The record's ``group``; records written before it existed fall back to the old naming
+    rule: a variant named ``<method>-<change>`` is an ablation, any other a main method."""
+    if group is not None:
+        return group
+    return "ablation" if "-" in variant else "main"
+
+
+def _groups(df: pd.DataFrame) -> pd.Series:
+    """Each row's group: the ``group`` column, or the naming rule for a table without one."""
+    explicit = df["group"] if "group" in df.columns else pd.Series(None, index=df.index)
+    return pd.Series([group_of(v, g if isinstance(g, str) else None)
+                      for v, g in zip(df["variant"], explicit, strict=True)], index=df.index,
+                     dtype=object)
 
 
 def _variant(method: str, params: dict) -> str:
@@ -32,6 +54,7 @@ def _variant(method: str, params: dict) -> str:
 
 
 def record_row(rec: dict, run_id: str = "") -> dict:
+    """One flat row of ``records.csv`` from a record: labels, provenance, metrics, robustness."""
     cfg = rec.get("config", {})
     dp = dict(cfg.get("data_params", {}))
     mp = dict(cfg.get("method_params", {}))
@@ -39,9 +62,10 @@ def record_row(rec: dict, run_id: str = "") -> dict:
     seed = rec.get("seed", cfg.get("seed"))
     # Sweep records name their grid entry (``variant``, e.g. an ablation) and protocol
     # (``setting``, e.g. a cross-domain direction); plain train records fall back to the config.
-    row = {"run_id": run_id, "method": rec["method"],
-           "variant": rec.get("variant") or _variant(rec["method"], mp),
+    variant = rec.get("variant") or _variant(rec["method"], mp)
+    row = {"run_id": run_id, "method": rec["method"], "variant": variant,
            "dataset": rec["dataset"], "setting": rec.get("setting") or rec["dataset"],
+           "group": group_of(variant, rec.get("group")), "experiment": rec.get("experiment"),
            "seed": seed, "fold": fold,
            "unit": f"f{fold}-s{seed}" if fold is not None else f"s{seed}",
            "data_params": json.dumps({k: v for k, v in dp.items() if k != "fold"}, sort_keys=True),
@@ -92,9 +116,11 @@ def _check_record(rec: object, f: Path) -> dict:
             rob.get("drop_modality", {}), dict) or not all(
             isinstance(v, dict) and "auc" in v for v in rob.get("drop_modality", {}).values()):
         raise DsrsdError(f"bad record {f}: malformed 'robustness'")
-    for key in ("variant", "setting"):
+    for key in ("variant", "setting", "group", "experiment"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
             raise DsrsdError(f"bad record {f}: {key!r} is not a string")
+    if rec.get("group") is not None and rec["group"] not in GROUPS:
+        raise DsrsdError(f"bad record {f}: group {rec['group']!r} is not one of {', '.join(GROUPS)}")
     return rec
 
 
@@ -125,84 +151,147 @@ def load_errors(runs_dir: str | Path = "results/runs") -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
-    """Mean, std (ddof=1), n and ``mean ± std`` per dataset x variant, best first per dataset."""
+    """Mean, std (ddof=1), n and ``mean ± std`` per setting x variant (with its group), best
+    first per setting."""
+    cols = ["setting", "variant", "group", "n", "mean", "std", "mean ± std", "wall_time_s_mean"]
     if df.empty:
-        return pd.DataFrame(columns=["setting", "variant", "n", "mean", "std", "mean ± std"])
+        return pd.DataFrame(columns=cols)
+    df = df.assign(group=_groups(df))
     g = df.groupby(["setting", "variant"])[metric]
     out = g.agg(n="count", mean="mean", std="std").reset_index()
     out["std"] = out["std"].fillna(0.0)
     out["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(out["mean"], out["std"], strict=False)]
-    wall = df.groupby(["setting", "variant"])["wall_time_s"].mean().rename("wall_time_s_mean")
-    out = out.merge(wall.reset_index(), on=["setting", "variant"])
-    return out.sort_values(["setting", "mean"], ascending=[True, False]).reset_index(drop=True)
+    extra = df.groupby(["setting", "variant"]).agg(group=("group", "first"),
+                                                   wall_time_s_mean=("wall_time_s", "mean"))
+    out = out.merge(extra.reset_index(), on=["setting", "variant"])
+    return out[cols].sort_values(["setting", "mean"], ascending=[True, False]).reset_index(drop=True)
+
+
+def headline(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
+    """``mean ± std (n)`` per variant (rows) x setting (columns) of the ``main`` group only,
+    best first on the first setting."""
+    s = summary(df[_groups(df) == "main"] if len(df) else df, metric)
+    if s.empty:
+        return pd.DataFrame()
+    s["cell"] = [f"{m:.4f} ± {sd:.4f} (n={n})" for m, sd, n in zip(s["mean"], s["std"], s["n"], strict=False)]
+    t = s.pivot(index="variant", columns="setting", values="cell")
+    order = s.pivot(index="variant", columns="setting", values="mean")
+    t = t.loc[order.sort_values(list(order.columns), ascending=False).index]
+    t.columns.name = None
+    return t.fillna("—")
 
 
 def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
-    """Two-sided paired test of ``a`` vs ``b``: Wilcoxon signed-rank for n >= 6, else paired t."""
-    from scipy import stats
+    """Two-sided paired test of ``a`` vs ``b``: Wilcoxon signed-rank for n >= 6, else paired t.
+
+    The rule of earlier tables, kept for callers; :func:`significance` now uses the paired t at
+    every n (:func:`dsrsd.stats.paired_t`), whose interval goes with its p-value."""
+    from scipy.stats import wilcoxon
 
     d = np.asarray(a, float) - np.asarray(b, float)
-    n = len(d)
-    if n < 2 or np.allclose(d, 0):
+    if len(d) < 2 or np.allclose(d, 0):
         return ("none", math.nan)
-    if n >= 6:
-        return ("wilcoxon", float(stats.wilcoxon(a, b).pvalue))
-    return ("paired_t", float(stats.ttest_rel(a, b).pvalue))
+    if len(d) >= 6:
+        return ("wilcoxon", float(wilcoxon(a, b).pvalue))
+    return ("paired_t", float(stats.paired_t(a, b).p_value))
+
+
+SIG_COLS = ["setting", "ref", "variant", "group", "n_pairs", "ref_mean", "other_mean", "mean_diff",
+            "diff_t_lo", "diff_t_hi", "diff_boot_runs_lo", "diff_boot_runs_hi", "test", "p_value",
+            "significant", "p_holm", "significant_holm", "ref_better"]
 
 
 def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
-                 alpha: float = 0.05) -> pd.DataFrame:
-    """``ref`` vs every other variant per dataset, paired over the units (seeds/folds) both ran."""
-    cols = ["setting", "ref", "variant", "n_pairs", "ref_mean", "other_mean", "mean_diff",
-            "test", "p_value", "significant", "ref_better"]
+                 alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """``ref`` vs every other variant per setting, paired over the units (seeds/folds) both ran.
+
+    Per pair of methods: the mean difference ``ref - variant`` with its 95% paired t interval
+    (``diff_t_*``) and its paired bootstrap interval over the runs (``diff_boot_runs_*``:
+    records hold one AUC per run, not per-sample predictions, so the bootstrap resamples runs,
+    not test units; with 3-5 runs it is too narrow, see
+    :func:`dsrsd.stats.paired_bootstrap_mean_diff`); the two-sided paired t p-value, raw
+    (``significant``: p < ``alpha``) and Holm-adjusted over the family of one table, the
+    comparisons of ``ref`` with one setting's variants of one group (``p_holm``,
+    ``significant_holm``); untested pairs (fewer than 2, or equal differences) stay NaN."""
     rows = []
-    for ds, sub in df.groupby("setting"):
-        piv = sub.pivot_table(index="unit", columns="variant", values=metric, aggfunc="mean")
-        if ref not in piv:
+    df = df.assign(group=_groups(df)) if len(df) else df
+    for setting, sub in df.groupby("setting"):
+        ran = {v: set(u[metric].dropna().index) for v, u in
+               sub.set_index("unit").groupby("variant")}
+        if not ran.get(ref):
             continue
-        for v in piv.columns:
+        group = sub.groupby("variant")["group"].first()
+        for v in sorted(ran):
             if v == ref:
                 continue
-            pair = piv[[ref, v]].dropna()
-            test, p = paired_test(pair[ref].to_numpy(), pair[v].to_numpy())
-            diff = float((pair[ref] - pair[v]).mean()) if len(pair) else math.nan
-            rows.append({"setting": ds, "ref": ref, "variant": v, "n_pairs": len(pair),
-                         "ref_mean": float(pair[ref].mean()) if len(pair) else math.nan,
-                         "other_mean": float(pair[v].mean()) if len(pair) else math.nan,
-                         "mean_diff": diff, "test": test, "p_value": p,
-                         "significant": bool(p < alpha) if not math.isnan(p) else False,
-                         "ref_better": bool(diff > 0)})
-    return pd.DataFrame(rows, columns=cols)
+            row = {"setting": setting, "ref": ref, "variant": v, "group": group[v], "n_pairs": 0,
+                   "test": "none", "p_value": math.nan}
+            if ran[ref] & ran[v]:
+                pair = stats.pair_units(sub, ref, v, metric)
+                t = stats.paired_t(pair[ref], pair[v])
+                boot = (stats.paired_bootstrap_mean_diff(pair[ref], pair[v], n_boot, seed)
+                        if len(pair) >= 2 else (math.nan, math.nan))
+                row.update(n_pairs=len(pair), ref_mean=float(pair[ref].mean()),
+                           other_mean=float(pair[v].mean()), mean_diff=t.mean_diff,
+                           diff_t_lo=t.lo, diff_t_hi=t.hi, diff_boot_runs_lo=boot[0],
+                           diff_boot_runs_hi=boot[1], test=t.test, p_value=t.p_value)
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=SIG_COLS)
+    if out.empty:
+        return out
+    out["p_holm"] = out.groupby(["setting", "group"])["p_value"].transform(
+        lambda p: stats.holm(p, nan_policy="omit"))
+    out["significant"] = out["p_value"] < alpha  # NaN (untested) compares False
+    out["significant_holm"] = out["p_holm"] < alpha
+    out["ref_better"] = out["mean_diff"] > 0
+    return out
 
 
 def robustness(df: pd.DataFrame) -> pd.DataFrame:
-    """Test AUC under missing modalities, mean ± std per setting x variant x condition.
+    """Test AUC under missing modalities, and the skill kept, per setting x variant x condition.
 
     Conditions: ``rate r`` (each present modality hidden with probability r at test time; r = 0
-    is the clean test AUC) and ``without <modality>`` (that modality hidden everywhere).
+    is the clean test AUC) and ``without <modality>`` (that modality hidden everywhere; samples
+    left with nothing are dropped, so that AUC may cover fewer samples than the clean one).
+    ``mean``/``std``: the AUC over runs; ``retained_mean``/``retained_std``: retained skill
+    (AUC_r - 0.5) / (AUC_0 - 0.5) of each run against its own clean AUC, over runs.
     """
-    cols = ["setting", "variant", "condition", "kind", "rate", "n", "mean", "std"]
+    cols = ["setting", "variant", "group", "condition", "kind", "rate", "n", "mean", "std",
+            "retained_mean", "retained_std"]
     rob_cols = [c for c in df.columns if c.startswith("rob_")]
     if df.empty or not rob_cols:
         return pd.DataFrame(columns=cols)
-    long = df[["setting", "variant", "unit", "test_auc", *rob_cols]].rename(
-        columns={"test_auc": "rob_rate_0"}).melt(
-        id_vars=["setting", "variant", "unit"], var_name="col", value_name="auc").dropna()
+    keys = ["setting", "variant", "group"]
+    wide = df[["setting", "variant", "run_id", "test_auc", *rob_cols]].assign(
+        group=_groups(df), rob_rate_0=df["test_auc"])
+    long = wide.melt(id_vars=[*keys, "run_id", "test_auc"], value_vars=["rob_rate_0", *rob_cols],
+                     var_name="col", value_name="auc").dropna(subset=["auc"])
+    long["retained"] = stats.retained_skill(long["auc"].to_numpy(), long["test_auc"].to_numpy())
     rate = long["col"].str.extract(r"^rob_rate_(.+)$")[0]
     long["kind"] = np.where(rate.notna(), "rate", "without")
     long["rate"] = pd.to_numeric(rate)
     long["condition"] = np.where(rate.notna(), "rate " + rate.fillna(""),
                                  "without " + long["col"].str.replace("rob_without_", ""))
-    out = (long.groupby(["setting", "variant", "condition", "kind"], dropna=False)
+    out = (long.groupby([*keys, "condition", "kind"], dropna=False)
            .agg(rate=("rate", "first"), n=("auc", "count"), mean=("auc", "mean"),
-                std=("auc", "std")).reset_index())
-    out["std"] = out["std"].fillna(0.0)
+                std=("auc", "std"), retained_mean=("retained", "mean"),
+                retained_std=("retained", "std")).reset_index())
+    out[["std", "retained_std"]] = out[["std", "retained_std"]].fillna(0.0)
     return out[cols].sort_values(["setting", "variant", "kind", "rate", "condition"]).reset_index(
         drop=True)
 
 
+def verdict(df: pd.DataFrame, dataset: str, ref: str = "dsrsd", metric: str = "test_auc",
+            alpha: float = 0.05) -> str:
+    """One sentence, computed from the records: is ``ref`` best on ``dataset``, and is the gap
+    shown after Holm's correction? (:func:`dsrsd.verdicts.verdict`; kept here for callers.)"""
+    from dsrsd.verdicts import verdict as sentence
+
+    return sentence(df, dataset, ref, metric, alpha)
+
+
 def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "results") -> dict:
-    """Write records / summary / significance / errors CSVs; return the frames."""
+    """Write records / summary / significance / robustness / errors CSVs; return the frames."""
     out = Path(out)
     df = load_records(runs_dir)
     if df.empty and not any(Path(runs_dir).glob("*/error.json")):
@@ -225,6 +314,8 @@ def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "resul
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m dsrsd.tables``: write the CSVs, print summary and significance; exit 2 with
+    one line on bad input."""
     from dsrsd.cli import OneLineParser
     p = OneLineParser(prog="python -m dsrsd.tables", description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="results/runs")
@@ -246,51 +337,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def headline(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
-    """``mean ± std (n)`` per variant (rows) x dataset (columns), best first on the first dataset."""
-    s = summary(df, metric)
-    if s.empty:
-        return pd.DataFrame()
-    s["cell"] = [f"{m:.4f} ± {sd:.4f} (n={n})" for m, sd, n in zip(s["mean"], s["std"], s["n"], strict=False)]
-    t = s.pivot(index="variant", columns="setting", values="cell")
-    order = s.pivot(index="variant", columns="setting", values="mean")
-    t = t.loc[order.sort_values(list(order.columns), ascending=False).index]
-    t.columns.name = None
-    return t.fillna("—")
-
-
-def _ptext(row, alpha: float) -> str:
-    if row["test"] == "none":
-        return f"untested: {row['n_pairs']} matched pair(s) or identical scores"
-    word = "significant" if row["significant"] else "not significant"
-    return f"{word}: {row['test']} p = {row['p_value']:.3g}, alpha {alpha}, {row['n_pairs']} pairs"
-
-
-def verdict(df: pd.DataFrame, dataset: str, ref: str = "dsrsd", metric: str = "test_auc",
-            alpha: float = 0.05) -> str:
-    """One sentence, computed from the records: is ``ref`` best on ``dataset``, and significantly?"""
-    s = summary(df[df["setting"] == dataset], metric)
-    if s.empty or ref not in set(s["variant"]):
-        return f"{dataset}: no {ref} records."
-    best = s.iloc[0]
-    mine = s[s["variant"] == ref].iloc[0]
-    sig = significance(df[df["setting"] == dataset], ref, metric, alpha)
-    n_units = int(mine["n"])
-    if best["variant"] == ref:
-        runner = s.iloc[1] if len(s) > 1 else None
-        if runner is None:
-            return f"{dataset}: {ref} is the only method."
-        row = sig[sig["variant"] == runner["variant"]].iloc[0]
-        worse_sig = int(((sig["ref_better"]) & (sig["significant"])).sum())
-        return (f"{dataset}: {ref} has the best mean AUC ({mine['mean']:.4f} over {n_units} "
-                f"runs), {mine['mean'] - runner['mean']:+.4f} over the runner-up "
-                f"{runner['variant']} ({runner['mean']:.4f}; {_ptext(row, alpha)}); it is "
-                f"significantly better than {worse_sig} of {len(sig)} other methods.")
-    row = sig[sig["variant"] == best["variant"]].iloc[0]
-    rank = int((s["variant"] == ref).to_numpy().nonzero()[0][0]) + 1
-    return (f"{dataset}: {ref} is not the best: it ranks {rank} of {len(s)} by mean AUC "
-            f"({mine['mean']:.4f} over {n_units} runs) behind {best['variant']} "
-            f"({best['mean']:.4f}); the gap of {best['mean'] - mine['mean']:.4f} is "
-            f"{_ptext(row, alpha)}.")

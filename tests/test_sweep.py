@@ -83,8 +83,14 @@ def test_tables_from_records(swept, tmp_path):
     assert set(s["variant"]) == {"dsrsd", "early"} and (s["n"] == 1).all()
     sig = frames["significance"]
     assert list(sig["variant"]) == ["early"] and sig["test"].iloc[0] == "none"  # one seed
+    assert sig["p_holm"].isna().all() and not sig["significant_holm"].any()
+    # the sweep's explicit group reaches every table
+    assert set(df["group"]) == {"main"} and set(s["group"]) == {"main"}
+    assert set(sig["group"]) == {"main"} and set(frames["robustness"]["group"]) == {"main"}
+    clean = frames["robustness"][frames["robustness"]["condition"] == "rate 0"]
+    assert (clean["retained_mean"] == 1.0).all()
     assert len(frames["errors"]) == 1
-    for name in ("records", "summary", "significance", "errors"):
+    for name in ("records", "summary", "significance", "robustness", "errors"):
         assert (tmp_path / f"{name}.csv").exists()
 
 

@@ -1,0 +1,146 @@
+"""dsrsd.tables and dsrsd.verdicts on synthetic record tables: groups, pairing, Holm families,
+intervals, retained skill, and the sentences built on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dsrsd import stats, tables
+from dsrsd.errors import DsrsdError
+
+OFFSETS = [0.0, 0.004, -0.003, 0.006, -0.002]  # a seed effect every method shares
+
+
+def _frame(means: dict[str, float], group: dict[str, str] | None = None, seeds=5,
+           setting="oulad") -> pd.DataFrame:
+    """One row per variant x seed, as load_records makes them; AUC = mean + seed offset + a
+    small per-run wobble, clean AUC with rob_rate_0.5 = halfway to chance."""
+    rows = []
+    for k, (v, m) in enumerate(means.items()):
+        for s in range(seeds):
+            auc = m + OFFSETS[s] + 0.001 * ((s * 7 + k * 3) % 5 - 2)
+            rows.append({"run_id": f"{setting}-{v}-s{s}", "variant": v, "setting": setting,
+                         "unit": f"s{s}", "seed": s, "test_auc": auc, "val_auc": auc,
+                         "wall_time_s": 1.0, "rob_rate_0.5": 0.5 + (auc - 0.5) / 2})
+    df = pd.DataFrame(rows)
+    if group is not None:
+        df["group"] = df["variant"].map(lambda v: group.get(v, "main"))
+    return df
+
+
+def test_group_of_prefers_the_record_and_falls_back_to_the_naming_rule():
+    assert tables.group_of("dsrsd-no_orth") == "ablation"
+    assert tables.group_of("dsrsd_pw") == "main"
+    assert tables.group_of("dsrsd-no_orth", "selection") == "selection"
+    df = _frame({"dsrsd": 0.8, "dsrsd-no_orth": 0.81, "early": 0.79})
+    assert "group" not in df  # a table from older records
+    assert tables.summary(df).set_index("variant")["group"].to_dict() == {
+        "dsrsd": "main", "dsrsd-no_orth": "ablation", "early": "main"}
+
+
+def test_headline_shows_the_main_group_only():
+    df = _frame({"dsrsd": 0.80, "tuned": 0.83, "early": 0.79},
+                group={"tuned": "selection"})  # no hyphen, and still not a headline method
+    t = tables.headline(df)
+    assert list(t.index) == ["dsrsd", "early"] and list(t.columns) == ["oulad"]
+    assert t.loc["dsrsd", "oulad"].endswith("(n=5)")
+
+
+def test_significance_pairs_units_and_adds_intervals_and_holm_per_group():
+    df = _frame({"dsrsd": 0.80, "early": 0.83, "late": 0.80, "dsrsd-no_orth": 0.81,
+                 "dsrsd-no_recon": 0.78})
+    df = df[~((df["variant"] == "late") & (df["seed"] == 4))]  # late misses one seed
+    sig = tables.significance(df).set_index("variant")
+    assert list(sig.columns[:3]) == ["setting", "ref", "group"]
+    assert set(sig.columns) >= {"diff_t_lo", "diff_t_hi", "diff_boot_runs_lo", "diff_boot_runs_hi",
+                                "p_holm", "significant_holm"}
+    assert sig.loc["late", "n_pairs"] == 4 and sig.loc["early", "n_pairs"] == 5
+    # the numbers are dsrsd.stats' on the paired runs
+    pair = stats.pair_units(df, "dsrsd", "early")
+    t = stats.paired_t(pair["dsrsd"], pair["early"])
+    assert sig.loc["early", "p_value"] == t.p_value
+    assert (sig.loc["early", "diff_t_lo"], sig.loc["early", "diff_t_hi"]) == (t.lo, t.hi)
+    assert sig.loc["early", "mean_diff"] == pytest.approx(-0.03)
+    assert sig.loc["early", "diff_boot_runs_lo"] <= sig.loc["early", "mean_diff"] <= sig.loc[
+        "early", "diff_boot_runs_hi"]
+    # Holm within each group: two main comparisons, two ablation comparisons
+    for group in ("main", "ablation"):
+        fam = sig[sig["group"] == group]
+        assert len(fam) == 2
+        np.testing.assert_allclose(fam["p_holm"], stats.holm(fam["p_value"]))
+    assert (sig["significant_holm"] == (sig["p_holm"] < 0.05)).all()
+    assert (sig["significant"] == (sig["p_value"] < 0.05)).all()
+    assert sig.loc["early", "significant_holm"] and not sig.loc["early", "ref_better"]
+
+
+def test_significance_untested_pairs_stay_out_of_the_holm_family():
+    df = _frame({"dsrsd": 0.80, "early": 0.83, "late": 0.75})
+    lone = _frame({"gbdt": 0.9}, seeds=1).assign(unit="s9", seed=9)  # shares no seed
+    same = df[df["variant"] == "dsrsd"].assign(variant="copy")  # identical scores
+    sig = tables.significance(pd.concat([df, lone, same])).set_index("variant")
+    assert sig.loc["gbdt", "n_pairs"] == 0 and sig.loc["gbdt", "test"] == "none"
+    assert sig.loc["copy", "test"] == "none" and np.isnan(sig.loc["copy", "p_holm"])
+    tested = sig[sig["test"] == "paired_t"]
+    np.testing.assert_allclose(tested["p_holm"], stats.holm(tested["p_value"]))  # a family of 2
+    assert not sig.loc["gbdt", "significant"] and not sig.loc["gbdt", "significant_holm"]
+
+
+def test_significance_refuses_two_records_of_one_seed():
+    df = _frame({"dsrsd": 0.80, "early": 0.83})
+    twice = pd.concat([df, df[(df["variant"] == "early") & (df["seed"] == 0)]])
+    with pytest.raises(DsrsdError, match="more than one"):
+        tables.significance(twice)
+
+
+def test_robustness_gains_retained_skill_per_run():
+    df = _frame({"dsrsd": 0.80, "early": 0.70})
+    rob = tables.robustness(df)
+    assert list(rob.columns[:3]) == ["setting", "variant", "group"]
+    clean = rob[rob["condition"] == "rate 0"]
+    assert (clean["retained_mean"] == 1.0).all() and (clean["retained_std"] == 0.0).all()
+    half = rob[rob["condition"] == "rate 0.5"].set_index("variant")
+    # the synthetic stress halves every run's skill above chance
+    np.testing.assert_allclose(half["retained_mean"], 0.5)
+    np.testing.assert_allclose(half["retained_std"], 0.0, atol=1e-12)
+    mine = df[df["variant"] == "early"]
+    assert half.loc["early", "mean"] == pytest.approx(mine["rob_rate_0.5"].mean())
+
+
+def test_verdict_speaks_of_holm_and_the_interval():
+    from dsrsd import verdicts
+    df = _frame({"dsrsd": 0.80, "early": 0.83, "late": 0.801})
+    text = tables.verdict(df, "oulad")
+    assert text == verdicts.verdict(df, "oulad")
+    assert "dsrsd is not the best: it ranks 3 of 3" in text and "early" in text
+    assert "shown after Holm's correction" in text and "95% interval" in text
+    best = tables.verdict(df, "oulad", ref="early")
+    assert "early has the best mean AUC" in best and "shown better than 2 of 2" in best
+    assert tables.verdict(df, "assist2009") == "assist2009: no dsrsd records."
+
+
+@pytest.mark.parametrize("extra, words", [({"group": "headline"}, "group 'headline'"),
+                                          ({"group": 3}, "'group' is not a string"),
+                                          ({"experiment": ["x"]}, "'experiment'")])
+def test_bad_group_or_experiment_is_one_line(tmp_path, extra, words):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    rec = {"method": "dsrsd", "dataset": "synthetic", "config": {}, "test": {"auc": 0.8}, **extra}
+    (run / "metrics.json").write_text(json.dumps(rec))
+    with pytest.raises(DsrsdError, match=words):
+        tables.load_records(run.parent)
+
+
+def test_records_carry_group_and_experiment(tmp_path):
+    for name, rec in {"a": {"variant": "dsrsd-no_orth"},
+                      "b": {"variant": "dsrsd-no_orth", "group": "selection", "experiment": "e1"}
+                      }.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"method": "dsrsd", "dataset": "synthetic", "config": {}, "test": {"auc": 0.8}, **rec}))
+    df = tables.load_records(tmp_path).set_index("run_id")
+    assert df.loc["a", "group"] == "ablation" and df.loc["b", "group"] == "selection"
+    assert df.loc["b", "experiment"] == "e1" and pd.isna(df.loc["a", "experiment"])
