@@ -206,7 +206,8 @@ def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
     """``ref`` vs every other variant per setting, paired over the units (seeds/folds) both ran.
 
     Per pair of methods: the mean difference ``ref - variant`` with its 95% paired t interval
-    (``diff_t_*``) and its paired bootstrap interval over the runs (``diff_boot_runs_*``:
+    (``diff_t_*``, not adjusted for multiplicity) and its paired bootstrap interval over the
+    runs (``diff_boot_runs_*``:
     records hold one AUC per run, not per-sample predictions, so the bootstrap resamples runs,
     not test units; with 3-5 runs it is too narrow, see
     :func:`dsrsd.stats.paired_bootstrap_mean_diff`); the two-sided paired t p-value, raw

@@ -13,12 +13,13 @@ from dsrsd import tables
 
 def gap_text(row: pd.Series, alpha: float = 0.05) -> str:
     """Whether one row of :func:`dsrsd.tables.significance` is shown, with its test, its
-    Holm-adjusted p-value and the t interval of the difference."""
+    Holm-adjusted p-value and the t interval of the difference (unadjusted, so it can exclude 0
+    for a gap that Holm's correction leaves within the noise: the word follows Holm)."""
     if row["test"] == "none":
         return f"untested: {row['n_pairs']} matched pair(s) or identical differences"
     word = "shown" if row["p_holm"] < alpha else "within the noise"
     return (f"{word} after Holm's correction: paired t p = {row['p_value']:.3g}, Holm p = "
-            f"{row['p_holm']:.3g}, 95% interval of the difference [{row['diff_t_lo']:+.4f}, "
+            f"{row['p_holm']:.3g}, unadjusted 95% interval of the difference [{row['diff_t_lo']:+.4f}, "
             f"{row['diff_t_hi']:+.4f}], {row['n_pairs']} pairs")
 
 
