@@ -108,35 +108,50 @@ def glued(notebook: str | Path) -> dict[str, object]:
     return values
 
 
-def headline(results: str | Path, ref: str = "dsrsd") -> pd.DataFrame:
+def headline(results: str | Path, ref: str = "dsrsd", group: str = "main") -> pd.DataFrame:
     """One row per setting of ``results/summary.csv``: ``ref``'s mean and standard deviation
-    over runs, its rank among the methods (ablation variants ``<method>-<change>`` excluded),
-    the best method and its mean, and how many methods are above ``ref`` after Holm's
-    correction of the paired tests in ``results/significance.csv``."""
+    over runs, its rank among the methods of ``group`` (the records' own ``group`` column, so
+    ablations and selection variants are left out by what the grid says, not by their names),
+    the best method and its mean, and how many methods are above and below ``ref`` after Holm's
+    correction, read from ``results/significance.csv`` (``significant_holm``; its family is one
+    setting x one reference x one group, which is this table's)."""
     import pandas as pd
 
-    from dsrsd.stats import holm
-
     results = Path(results)
-    summ = pd.read_csv(results / "summary.csv")
-    sig = pd.read_csv(results / "significance.csv")
+    summ = _read_csv(results / "summary.csv", ("setting", "variant", "group", "n", "mean", "std"))
+    sig = _read_csv(results / "significance.csv",
+                    ("setting", "ref", "variant", "group", "significant_holm", "ref_better"))
     rows = []
-    for setting, s in summ.groupby("setting", sort=False):
-        s = s[~s["variant"].str.contains("-")].sort_values("mean", ascending=False)
+    for setting, s in summ[summ["group"] == group].groupby("setting", sort=False):
+        s = s.sort_values("mean", ascending=False)
         if ref not in set(s["variant"]):
             continue
         mine, best = s.set_index("variant").loc[ref], s.iloc[0]
-        t = sig[(sig["setting"] == setting) & (sig["ref"] == ref)
-                & sig["variant"].isin(set(s["variant"]))].copy()
-        t["p_holm"] = holm(t["p_value"]) if len(t) else []
+        t = sig[(sig["setting"] == setting) & (sig["ref"] == ref) & (sig["group"] == group)]
+        shown = t["significant_holm"].astype(bool)
+        better = t["ref_better"].astype(bool)
         rows.append({"setting": setting, "methods": len(s), "runs": int(mine["n"]),
                      "mean": float(mine["mean"]), "std": float(mine["std"]),
                      "rank": int(list(s["variant"]).index(ref)) + 1,
                      "best": best["variant"], "best mean": float(best["mean"]),
                      "gap to best": float(best["mean"] - mine["mean"]),
-                     "above after Holm": int(((t["p_holm"] < 0.05) & ~t["ref_better"]).sum()),
-                     "below after Holm": int(((t["p_holm"] < 0.05) & t["ref_better"]).sum())})
+                     "above after Holm": int((shown & ~better).sum()),
+                     "below after Holm": int((shown & better).sum())})
     return pd.DataFrame(rows).set_index("setting")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A result table with the columns a helper reads; a missing file or column is one line."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DsrsdError(f"{path}: not found (write it with python -m dsrsd.tables)")
+    df = pd.read_csv(path)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DsrsdError(f"{path}: missing column(s) {', '.join(missing)} "
+                         "(regenerate it with python -m dsrsd.tables)")
+    return df
 
 
 # ----------------------------------------------------------------------------- figures

@@ -161,13 +161,18 @@ def test_headline_matches_the_summary_table_and_glued_reads_a_notebook(tmp_path)
     results = book.REPO / "results"
     h = book.headline(results)
     summ = pd.read_csv(results / "summary.csv")
+    sig = pd.read_csv(results / "significance.csv")
     for setting, row in h.iterrows():
-        s = summ[(summ["setting"] == setting) & ~summ["variant"].str.contains("-")]
+        s = summ[(summ["setting"] == setting) & (summ["group"] == "main")]
         s = s.sort_values("mean", ascending=False).reset_index(drop=True)
         assert row["methods"] == len(s) and row["best"] == s.loc[0, "variant"]
         assert s.loc[row["rank"] - 1, "variant"] == "dsrsd"
         assert row["mean"] == pytest.approx(s.loc[row["rank"] - 1, "mean"])
         assert 0 <= row["above after Holm"] <= row["rank"] - 1
+        # the counts are the CSV's own Holm verdicts (one family: setting x ref x group)
+        fam = sig[(sig["setting"] == setting) & (sig["ref"] == "dsrsd") & (sig["group"] == "main")]
+        assert row["above after Holm"] == (fam["significant_holm"] & ~fam["ref_better"]).sum()
+        assert row["below after Holm"] == (fam["significant_holm"] & fam["ref_better"]).sum()
     nb = {"cells": [{"cell_type": "code", "outputs": [
         {"output_type": "display_data", "metadata": {"scrapbook": {"name": "x"}},
          "data": {"application/papermill.record/text/plain": "0.25"}},
@@ -175,3 +180,23 @@ def test_headline_matches_the_summary_table_and_glued_reads_a_notebook(tmp_path)
          "data": {"application/papermill.record/text/plain": "'late_logit'"}}]}]}
     (tmp_path / "n.ipynb").write_text(json.dumps(nb))
     assert book.glued(tmp_path / "n.ipynb") == {"x": 0.25, "w": "late_logit"}
+
+
+def test_headline_reads_the_group_and_holm_columns_and_names_a_missing_one(tmp_path):
+    import pandas as pd
+
+    summ = pd.DataFrame({"setting": "s", "variant": ["early", "dsrsd", "dsrsd-no_x", "tuned"],
+                         "group": ["main", "main", "ablation", "selection"], "n": 5,
+                         "mean": [0.80, 0.70, 0.90, 0.95], "std": 0.01})
+    sig = pd.DataFrame({"setting": "s", "ref": "dsrsd", "variant": ["early", "dsrsd-no_x"],
+                        "group": ["main", "ablation"], "significant_holm": [True, True],
+                        "ref_better": [False, False]})
+    summ.to_csv(tmp_path / "summary.csv", index=False)
+    sig.to_csv(tmp_path / "significance.csv", index=False)
+    row = book.headline(tmp_path).loc["s"]
+    # "tuned" has no hyphen and is still not a method of the headline: the group decides
+    assert (row["methods"], row["rank"], row["best"]) == (2, 2, "early")
+    assert (row["above after Holm"], row["below after Holm"]) == (1, 0)
+    sig.drop(columns="significant_holm").to_csv(tmp_path / "significance.csv", index=False)
+    with pytest.raises(DsrsdError, match=r"significance.csv: missing column\(s\) significant_holm"):
+        book.headline(tmp_path)

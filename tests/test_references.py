@@ -19,6 +19,8 @@ import re
 import tokenize
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
 
@@ -111,6 +113,16 @@ def test_readme_stays_inside_the_repository():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     found = outside_references(text, SPEC_OUTSIDE_BOOK)
     assert not found, f"README.md: {found}"
+
+
+@pytest.mark.parametrize("name", ["requirements.txt", "environment.yml", "pyproject.toml",
+                                  "_config.yml", "_toc.yml"])
+def test_install_and_build_files_stay_inside_the_repository(name):
+    path = REPO / name
+    if not path.exists():
+        pytest.skip(f"{name} is not in this checkout")
+    found = outside_references(path.read_text(encoding="utf-8"), SPEC_OUTSIDE_BOOK)
+    assert not found, f"{name}: {found}"
 
 
 def test_package_comments_and_docstrings_stay_inside_the_repository():
