@@ -263,6 +263,114 @@ def cmd(x: Tensor, y: Tensor, moments: int = 5) -> Tensor:
     return total
 
 
+# ------------------------------------------- batched forms: many pairs / modalities per call
+# DSRSD-Net's ``batched_aux`` path: every modality pair (or modality) in one call on stacked
+# ``[P, n, k]`` tensors, with a ``valid`` mask ``[P, n]`` of the rows each one uses instead of a
+# copy of those rows. Each returns ``[P]``, equal to float rounding to the per-pair function
+# above on ``x[p][valid[p]]`` (tests/test_speed_options.py).
+
+
+def masked_row_mean(x: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``x`` ``[P, n]`` over the valid rows of each ``p`` (0 where none)."""
+    w = valid.to(x.dtype)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1)
+
+
+def info_nce_pairs(za: Tensor, zb: Tensor, valid: Tensor, temperature: float = 0.07,
+                   same: Tensor | None = None) -> Tensor:
+    """:func:`info_nce_masked` for ``P`` pairs at once, on the valid rows of each.
+
+    ``same`` ``[P, n, n]`` (optional): rows that are not each other's negatives (the keys of
+    :func:`info_nce_masked`, already compared). Rows outside ``valid`` are neither anchors nor
+    negatives.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    a = F.normalize(za.float(), dim=-1)
+    b = F.normalize(zb.float(), dim=-1)
+    logits = torch.bmm(a, b.transpose(1, 2)) / temperature
+    out = ~(valid[:, :, None] & valid[:, None, :])
+    if same is not None:
+        out = out | same
+    out &= ~torch.eye(a.shape[1], dtype=torch.bool, device=a.device)  # the positive stays
+    logits = logits.masked_fill(out, float("-inf"))
+    pos = logits.diagonal(dim1=1, dim2=2)
+    rows = torch.logsumexp(logits, 2) - pos  # cross-entropy of each row, a -> b
+    cols = torch.logsumexp(logits, 1) - pos  # and of each column, b -> a
+    return 0.5 * masked_row_mean(rows + cols, valid)
+
+
+def _masked_centre(x: Tensor, w: Tensor) -> Tensor:
+    """``x`` ``[P, n, k]`` minus its mean under row weights ``w`` ``[P, n, 1]`` (sum 1)."""
+    return x - (w * x).sum(1, keepdim=True)
+
+
+def decorrelation_rows(z: Tensor, valid: Tensor) -> Tensor:
+    """:func:`decorrelation` (VICReg variance + covariance) of each ``z[p]`` on its valid rows."""
+    z = z.float()
+    v = valid.to(z.dtype).unsqueeze(-1)
+    n = v.sum(1, keepdim=True)  # [P, 1, 1]
+    x = _masked_centre(z, v / n.clamp_min(1)) * v
+    denom = (n - 1).clamp_min(1)
+    var = x.pow(2).sum(1, keepdim=True) / denom  # [P, 1, k]
+    variance = F.relu(1.0 - torch.sqrt(var + 1e-4)).mean((1, 2))
+    cov = torch.bmm(x.transpose(1, 2), x) / denom
+    return variance + (cov.pow(2).sum((1, 2)) - var.pow(2).sum((1, 2))) / z.shape[2]
+
+
+def _group_weights(valid: Tensor, groups: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per row of each ``p``: ``1 / (valid rows of its group)`` (0 outside ``valid``), and its
+    group's dense id among the groups with valid rows of that ``p`` (as :func:`dense_groups`
+    on the valid rows)."""
+    g = dense_groups(groups, valid.shape[1], valid.device)
+    n_groups = int(g.max()) + 1 if g.numel() else 0
+    counts = valid.new_zeros((valid.shape[0], n_groups), dtype=torch.long)
+    counts.scatter_add_(1, g.expand_as(valid), valid.long())
+    rank = (counts > 0).long().cumsum(1) - 1
+    gid = rank.gather(1, g.expand_as(valid))
+    w = valid / counts.gather(1, g.expand_as(valid)).clamp_min(1)
+    return w, gid
+
+
+def orthogonality_xcorr_rows(s: Tensor, p: Tensor, valid: Tensor,
+                             groups: Tensor | None = None) -> Tensor:
+    """:func:`orthogonality_xcorr` of each ``(s[p], p[p])`` on its valid rows (``groups`` ``[n]``
+    shared by all ``p``; the halves are formed per ``p``, from the groups it has rows in)."""
+    s, p = s.float(), p.float()
+    w, gid = _group_weights(valid, groups)
+    out, ok = [], valid.new_ones(valid.shape[0])
+    for h in (0, 1):
+        rows = valid & (gid % 2 == h)
+        ok = ok & (rows.sum(1) >= 2)
+        wh = (w * rows).unsqueeze(-1)
+        wh = wh / wh.sum(1, keepdim=True).clamp_min(1e-30)
+        xs = _masked_centre(s, wh)
+        xs = xs / torch.sqrt((wh * xs.pow(2)).sum(1, keepdim=True) + 1e-8)
+        ys = _masked_centre(p, wh)
+        ys = ys / torch.sqrt((wh * ys.pow(2)).sum(1, keepdim=True) + 1e-8)
+        out.append(torch.bmm((wh * xs).transpose(1, 2), ys))
+    loss = (out[0] * out[1]).sum((1, 2)) / (s.shape[2] * p.shape[2])
+    return torch.where(ok, loss, loss * 0)
+
+
+def orthogonality_cos2_rows(s: Tensor, p: Tensor, valid: Tensor,
+                            groups: Tensor | None = None) -> Tensor:
+    """:func:`orthogonality_cos2_grouped` of each ``(s[p], p[p])`` on its valid rows."""
+    c = F.cosine_similarity(s.float(), p.float(), dim=-1, eps=1e-8).pow(2)
+    w, gid = _group_weights(valid, groups)
+    n_groups = (gid.masked_fill(~valid, -1).amax(1) + 1).clamp_min(1)
+    return (c * w).sum(1) / n_groups
+
+
+def orthogonality_rows(s: Tensor, p: Tensor, valid: Tensor) -> Tensor:
+    """:func:`orthogonality` (MISA's Frobenius form) of each ``(s[p], p[p])`` on its valid rows."""
+    v = valid.to(torch.float32).unsqueeze(-1)
+    w = v / v.sum(1, keepdim=True).clamp_min(1)
+    a = F.normalize(_masked_centre(s.float(), w), dim=-1, eps=1e-8) * v
+    b = F.normalize(_masked_centre(p.float(), w), dim=-1, eps=1e-8) * v
+    return torch.bmm(a.transpose(1, 2), b).pow(2).sum((1, 2)) / (s.shape[2] * p.shape[2])
+
+
 # ------------------------------------------------------------------------ task and total
 
 

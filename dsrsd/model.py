@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsrsd import losses
-from dsrsd.base import FusionModel, Output
+from dsrsd.base import FusionModel, Output, aux_row_sample
 from dsrsd.data.batch import Batch, ModalitySpec, TaskSpec, flat_targets
 from dsrsd.encoders import mlp
 from dsrsd.errors import DsrsdError
@@ -135,7 +135,7 @@ class DSRSDNet(FusionModel):
                  decorrelation: str = "vicreg", orthogonality: str = "frobenius",
                  max_aux_rows: int = 1024, contrastive: str = "clip", task_reads: str = "aligned",
                  modality_task_weight: float = 0.0, recon_rows: str = "all",
-                 batched_streams: bool = False):
+                 batched_streams: bool = False, batched_aux: bool = False):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
         if len(specs) < 2:
             raise DsrsdError(f"DSRSD-Net needs at least 2 modalities, got {len(specs)}")
@@ -152,13 +152,18 @@ class DSRSDNet(FusionModel):
             raise DsrsdError(f"stream size k must be positive, got {k}")
         if not modality_task_weight >= 0:
             raise DsrsdError(f"modality_task_weight must be >= 0, got {modality_task_weight}")
+        if batched_aux and (contrastive == "pooled" or decorrelation == "barlow"):
+            raise DsrsdError("batched_aux supports contrastive clip|masked and decorrelation "
+                             f"vicreg, got contrastive={contrastive!r}, decorrelation={decorrelation!r}")
+        if max_aux_rows < 2:
+            raise DsrsdError(f"max_aux_rows must be >= 2, got {max_aux_rows}")
         m = len(specs)
         self.k, self.fusion, self.temperature = k, fusion, temperature
         self.regression, self.decorrelation_form = regression, decorrelation
         self.orthogonality_form, self.max_aux_rows = orthogonality, max_aux_rows
         self.contrastive, self.task_reads = contrastive, task_reads
         self.modality_task_weight, self.recon_rows = float(modality_task_weight), recon_rows
-        self.batched_streams = bool(batched_streams)
+        self.batched_streams, self.batched_aux = bool(batched_streams), bool(batched_aux)
 
         self.adapters = nn.ModuleList(nn.Linear(d, d) for _ in range(m))
         self.shared = mlp(d, d, k)
@@ -183,16 +188,23 @@ class DSRSDNet(FusionModel):
             self.modality_heads = nn.ModuleList(self.make_head(2 * k) for _ in range(m))
 
     # ------------------------------------------------------------------ streams
-    def streams(self, batch: Batch) -> dict[str, Tensor | list[Tensor]]:
-        """Shared ``s``, private ``p`` and aligned ``z`` per modality, plus ``present``."""
+    def streams(self, batch: Batch, aligned: bool = True) -> dict[str, Tensor | list[Tensor]]:
+        """Shared ``s``, private ``p`` and aligned ``z`` per modality, plus ``present``
+        (``aligned=False``, batched path: ``z`` is None, computed later on the rows that need it)."""
         hs, present = self.encode(batch)
         if self.batched_streams:
-            s, p, z = self._streams_batched(hs)
+            s, p = self._streams_batched(hs)
+            z = self.aligned(s) if aligned else None
             return {"h": hs, "s": s, "p": p, "z": z, "present": present}
         s = [self.shared(a(h)) for a, h in zip(self.adapters, hs, strict=False)]
         p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
         z = [sm + self.align(sm) for sm in s]
         return {"h": hs, "s": s, "p": p, "z": z, "present": present}
+
+    def aligned(self, s: list[Tensor]) -> list[Tensor]:
+        """``z_m = s_m + A(s_m)``, the alignment head run once over every modality's rows."""
+        x = torch.stack(s)
+        return list((x + self.align(x.flatten(0, 1)).view_as(x)).unbind(0))
 
     @staticmethod
     def _stacked(layers, x: Tensor) -> Tensor:
@@ -203,12 +215,18 @@ class DSRSDNet(FusionModel):
             return torch.bmm(x, w)
         return torch.baddbmm(torch.stack([lin.bias for lin in layers]).unsqueeze(1), x, w)
 
-    def _streams_batched(self, hs: list[Tensor]) -> tuple[list[Tensor], ...]:
-        """:meth:`streams` with stacked per-modality weights (``batched_streams=True``)."""
+    def _streams_batched(self, hs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """``s`` and ``p`` of :meth:`streams` with stacked per-modality weights
+        (``batched_streams=True``)."""
         m, n = len(hs), hs[0].shape[0]
         h = torch.stack(hs)
-        a = self._stacked(self.adapters, h)
-        s = self.shared(a.reshape(m * n, -1)).reshape(m, n, -1)
+        # The adapter and the shared projector's first Linear compose into one Linear per
+        # modality (no nonlinearity between them): one d x d product per step, not per row.
+        first = self.shared[0]
+        w = first.weight @ torch.stack([a.weight for a in self.adapters])
+        b = torch.stack([a.bias for a in self.adapters]) @ first.weight.T + first.bias
+        u = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        s = self.shared[1:](u.reshape(m * n, -1)).reshape(m, n, -1)
         r = h - self._stacked(self.back, s)
         # The private MLPs (Linear -> GELU -> LayerNorm -> Dropout -> Linear), stacked.
         first, norm, drop, last = ([f[i] for f in self.private] for i in (0, 2, 3, 4))
@@ -218,12 +236,14 @@ class DSRSDNet(FusionModel):
             [ln.bias for ln in norm]).unsqueeze(1)
         x = F.dropout(x, drop[0].p, self.training)
         p = self._stacked(last, x)
-        z = s + self.align(s.reshape(m * n, -1)).reshape(m, n, -1)
-        return list(s.unbind(0)), list(p.unbind(0)), list(z.unbind(0))
+        return list(s.unbind(0)), list(p.unbind(0))
 
     def _scores_batched(self, s: list[Tensor], p: list[Tensor]) -> Tensor:
-        x = torch.cat([torch.stack(s), torch.stack(p)], 2)
-        x = torch.tanh(self._stacked([sc[0] for sc in self.score], x))
+        # The first Linear reads [s; p]: split its weight instead of concatenating the inputs.
+        w = torch.stack([sc[0].weight for sc in self.score]).transpose(1, 2)  # [M, 2k, k]
+        b = torch.stack([sc[0].bias for sc in self.score]).unsqueeze(1)
+        x = torch.baddbmm(b, torch.stack(s), w[:, :self.k]).baddbmm_(torch.stack(p), w[:, self.k:])
+        x = torch.tanh(x)
         return self._stacked([sc[2] for sc in self.score], x).squeeze(-1).T
 
     def fuse(self, s: list[Tensor], p: list[Tensor], z: list[Tensor],
@@ -266,18 +286,13 @@ class DSRSDNet(FusionModel):
         return g * s_bar + (1 - g) * p_bar, alpha, g
 
     # ------------------------------------------------------------------ losses
-    def _aux_rows(self, n: int, device: torch.device) -> Tensor | None:
-        if n <= self.max_aux_rows:
-            return None
-        return torch.randperm(n, device=device)[: self.max_aux_rows]
-
     def aux_losses(self, st: dict, batch: Batch) -> dict[str, Tensor]:
         """Alignment (contrastive, regression), decorrelation, orthogonality, reconstruction."""
         # Under torchrun every term below is a statistic of the *global* batch (InfoNCE
         # negatives, covariances), so the rows of all ranks are gathered first.
         gather = self.batch_gather or (lambda t: t)
         present: Tensor = gather(st["present"])
-        rows = self._aux_rows(present.shape[0], present.device)
+        rows = aux_row_sample(present.shape[0], self.max_aux_rows, present.device)
 
         def pick(t: Tensor) -> Tensor:
             t = gather(t)
@@ -350,6 +365,81 @@ class DSRSDNet(FusionModel):
             out["recon"] = rec / max(n_rec, 1)
         return out
 
+    def _aux_batched(self, st: dict, batch: Batch) -> dict[str, Tensor]:
+        """:meth:`aux_losses` with every modality pair (and modality) in one call on stacked
+        ``[P, n, k]`` rows and masks of the present rows, not copies (``batched_aux=True``);
+        ``z`` is computed here, on the sampled rows, when the forward did not need it."""
+        gather = self.batch_gather or (lambda t: t)
+        present: Tensor = gather(st["present"])
+        rows = aux_row_sample(present.shape[0], self.max_aux_rows, present.device)
+
+        def pick(t: Tensor) -> Tensor:
+            t = gather(t)
+            return t if rows is None else t[rows]
+
+        pres = (present if rows is None else present[rows]).T  # [M, n]
+        s, p = (torch.stack([pick(t) for t in st[key]]) for key in ("s", "p"))
+        z = torch.stack(self.aligned(list(s)) if st["z"] is None else [pick(t) for t in st["z"]])
+        need_groups = self.per_step and (self.contrastive != "clip" or self.orthogonality_form
+                                         in ("xcorr", "cos2_window"))
+        grp = pick(self._row_groups(batch, present.shape[0])) if need_groups else None
+        ia, ib = (torch.tensor(i, device=z.device)
+                  for i in zip(*combinations(range(len(s)), 2), strict=True))
+        pair = pres[ia] & pres[ib]
+        same = None
+        if self.contrastive == "masked":  # one comparison per key, shared by the pairs
+
+            def equal(k: Tensor) -> Tensor:
+                return k[:, None] == k[None, :]
+
+            none = pres.new_zeros(pres.shape[1], pres.shape[1])
+            eq = torch.stack([none if k is None else equal(pick(k))
+                              for k in self._input_keys(batch)])
+            same = eq[ia] | eq[ib] | (none if grp is None else equal(grp))
+        za, zb = z[ia], z[ib]
+        con = losses.info_nce_pairs(za, zb, pair, self.temperature, same)
+        reg = ((za.float() - zb.float()).pow(2).sum(-1) if self.regression == "mse"
+               else 1 - F.cosine_similarity(za.float(), zb.float(), dim=-1))
+        reg = losses.masked_row_mean(reg, pair)
+        ok_pair, ok_mod = pair.sum(1) >= 2, pres.sum(1) >= 2
+        dec = losses.decorrelation_rows(z, pres)
+        form = self.orthogonality_form
+        if form == "xcorr":  # [z; s] against p: both of the reference's terms in one product
+            orth = losses.orthogonality_xcorr_rows(torch.cat([z, s], 2), p, pres, grp)
+        else:
+            fn = {"frobenius": lambda a, b: losses.orthogonality_rows(a, b, pres),
+                  "cos2": lambda a, b: losses.orthogonality_cos2_rows(a, b, pres),
+                  "cos2_window": lambda a, b: losses.orthogonality_cos2_rows(a, b, pres, grp)}[form]
+            orth = 0.5 * (fn(z, p) + fn(s, p))
+
+        def mean(x: Tensor, ok: Tensor) -> Tensor:
+            return (x * ok).sum() / ok.sum().clamp_min(1)
+
+        out = {"align_con": mean(con, ok_pair), "align_reg": mean(reg, ok_pair),
+               "decor": mean(dec, ok_mod), "orth": mean(orth, ok_mod)}
+        if self.recon_dims:
+            if self.recon_rows == "aux":
+                out["recon"] = self._recon_masked(batch, pick, pres, list((s + p).unbind(0)))
+            else:
+                sp = [gather(a + b) for a, b in zip(st["s"], st["p"], strict=True)]
+                out["recon"] = self._recon_masked(batch, gather, present.T, sp)
+        return out
+
+    def _recon_masked(self, batch: Batch, fetch: Callable[[Tensor], Tensor], pres: Tensor,
+                      sp: list[Tensor]) -> Tensor:
+        """The reconstruction term of :meth:`aux_losses` on the rows ``pres`` marks, from the
+        rows ``fetch`` selects of each input summary and ``sp`` (``s_m + p_m`` on those rows)."""
+        total, n_rec = sp[0].new_zeros(()).float(), 0
+        for m, spec in enumerate(self.specs):
+            if spec.name not in self.recon_dims or not bool(pres[m].any()):
+                continue
+            target = fetch(self.input_summary(spec, batch)).float()
+            pred = self.decoders[spec.name](sp[m]).float()
+            err = (pred - target).pow(2).mean(1, keepdim=True)
+            total = total + losses.masked_row_mean(err.T, pres[m:m + 1])[0]
+            n_rec += 1
+        return total / max(n_rec, 1)
+
     def _row_groups(self, batch: Batch, n: int) -> Tensor:
         """The window (batch row) each output row belongs to, unique across ranks."""
         if self.per_step:
@@ -402,11 +492,14 @@ class DSRSDNet(FusionModel):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> Output:
-        st = self.streams(batch)
+        lazy_z = self.batched_aux and self.task_reads == "streams"  # z only on the aux rows
+        st = self.streams(batch, aligned=not lazy_z)
         reads = st["s"] if self.task_reads == "streams" else st["z"]
         f, alpha, g = self.fuse(st["s"], st["p"], reads, st["present"])
         logits = self.head_logits(self.head, f)
-        aux = self.aux_losses(st, batch) if self.training or torch.is_grad_enabled() else {}
+        aux = {}
+        if self.training or torch.is_grad_enabled():
+            aux = (self._aux_batched if self.batched_aux else self.aux_losses)(st, batch)
         if aux and self.modality_task_weight > 0:
             aux["modality_task"] = self.modality_task(st, batch)
         return Output(logits, aux, {"alpha": alpha.detach(), "gate": g.detach().mean(1),
