@@ -88,6 +88,26 @@ def budget(quick: bool, quick_preset: dict, full_preset: dict, echo: bool = True
     return tuple(values.values())
 
 
+# ----------------------------------------------------------------------------- training
+def fit_changed(cfg, splits, change) -> dict:
+    """Train ``cfg.method`` on ``splits`` as :func:`dsrsd.train.fit` does (seed, model from the
+    registry, the trainer's own epoch loop, early stopping, evaluation), with ``change``
+    applied to the built model before training: how a chapter studies a variant that is no
+    method of its own (e.g. :func:`dsrsd.dominance.without_modality_norm`). Returns ``val``,
+    ``test``, ``history``, ``best_epoch`` and ``model``; writes nothing."""
+    from dsrsd.registry import build_model
+    from dsrsd.train import _train_loop, evaluate, resolve_device, set_seed
+
+    device = resolve_device(cfg.device)
+    set_seed(cfg.seed)
+    model = change(build_model(cfg, splits.train.specs, splits.train.task, splits.train)).to(device)
+    history, _, best_epoch = _train_loop(model, cfg, splits.train, splits.val, device, None,
+                                         False, False, 0, 1)
+    return {"val": evaluate(model, splits.val, device=device, amp=cfg.amp),
+            "test": evaluate(model, splits.test, device=device, amp=cfg.amp),
+            "history": history, "best_epoch": best_epoch, "model": model}
+
+
 # ----------------------------------------------------------------------------- findings
 def glued(notebook: str | Path) -> dict[str, object]:
     """The values a committed notebook glued (``myst_nb.glue``), by name: numbers as numbers,
