@@ -33,6 +33,9 @@ sweep uses (512x64 and 32x64). Each method gets one fixed batch (the first train
 
 ``--threads N`` fixes torch's CPU threads (default: torch's choice). On a shared machine CPU
 timings are noisy; interleaving makes the ratios robust to slow drifts, not to load spikes.
+``--clock cpu`` (with ``--threads 1``) times the process's CPU time instead of wall time, so
+time the scheduler gives to other processes is not counted (cache and memory-bandwidth
+contention still is); ``timing`` says which.
 
 ``samples_per_s`` is batch rows per second of training (ASSISTments: student windows of up to
 200 scored steps each). Writes ``results/cost.csv`` (``--out``) and prints the table.
@@ -55,6 +58,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+GRID = {"fusion": "blocks", "orthogonality": "xcorr", "contrastive": "masked",
+        "task_reads": "streams"}
+
 # name -> (registry method, method_params)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "early": ("early", {}),
@@ -63,6 +69,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "late_logit": ("late_logit", {}),
     "coattention": ("coattention", {}),
     "dsrsd": ("dsrsd", {}),
+    # The options of the main grids (issue 12), with the reference auxiliary path, then with
+    # the fast paths and the bounded row sample (issue 13 item 4; same model, see model.py).
+    "dsrsd_grid": ("dsrsd", {**GRID, "batched_streams": True}),
+    "dsrsd_fast": ("dsrsd", {**GRID, "batched_streams": True, "batched_aux": True,
+                             "max_aux_rows": 256, "recon_rows": "aux"}),
     "misa": ("misa", {}),
     "coral": ("coral", {"ortho": "cos2"}),
     "coral_probe_ssl": ("coral", {"ortho": "cos2", "protocol": "probe"}),
@@ -166,9 +177,11 @@ def load_splits(dataset: str, batch_size: int):
     return load_dataset(dataset, seed=0, **DATASETS[dataset][1])
 
 
-def time_interleaved(cases: list[Case], rounds: int, number: int, warmup: int) -> dict:
+def time_interleaved(cases: list[Case], rounds: int, number: int, warmup: int,
+                     clock: str = "wall") -> dict:
     """Per-step times (ms) of every case per round, from ``torch.utils.benchmark.Timer``,
-    interleaved: each round runs every case once, in an order rotated every round."""
+    interleaved: each round runs every case once, in an order rotated every round.
+    ``clock="cpu"``: the process's CPU time instead of wall time (CPU only)."""
     import torch
     from torch.utils.benchmark import Timer
 
@@ -176,8 +189,9 @@ def time_interleaved(cases: list[Case], rounds: int, number: int, warmup: int) -
         for _ in range(warmup):
             c.step()
         c.sync()
+    kw = {"timer": time.process_time} if clock == "cpu" else {}
     timers = {c.variant: Timer("step()", globals={"step": c.step},
-                               num_threads=torch.get_num_threads(), label=c.variant)
+                               num_threads=torch.get_num_threads(), label=c.variant, **kw)
               for c in cases}
     times: dict[str, list[float]] = {c.variant: [] for c in cases}
     for r in range(rounds):
@@ -250,7 +264,7 @@ def measure_group(args, ds: str, b: int, d: int, variants: list[str], env: dict)
             cases.append(Case(v, ds, b, d, args.device, splits))
         except DsrsdError as e:  # e.g. a protocol the method does not support here
             print(f"  {ds:<11} {v:<20} not measured: {e}")
-    times = time_interleaved(cases, args.rounds, args.number, args.warmup)
+    times = time_interleaved(cases, args.rounds, args.number, args.warmup, args.clock)
     early = times.get("early")
     rows = []
     for c in cases:
@@ -268,7 +282,8 @@ def measure_group(args, ds: str, b: int, d: int, variants: list[str], env: dict)
                "step_ms_median": round(med, 2), "step_ms_p25": round(q[0], 2),
                "step_ms_p75": round(q[2], 2), "step_ms_min": round(min(t), 2), **mem,
                "epoch_hook_ms": round(c.hook_ms(), 1), "n_train": len(c.train),
-               "torch_threads": torch.get_num_threads(), "timing": "interleaved",
+               "torch_threads": torch.get_num_threads(),
+               "timing": "interleaved" + ("-cpu-time" if args.clock == "cpu" else ""),
                "rounds": args.rounds, "steps_per_round": args.number}
         rows.append(row)
         print(f"  {ds:<11} {c.variant:<20} b={b:<5} d={d:<4} {row['step_ms_median']:>9.1f} ms/step "
@@ -299,6 +314,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or the process's CPU time (CPU only: with --threads 1 it "
+                         "ignores other processes' load on a shared machine)")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="skip the peak-memory subprocesses")
     ap.add_argument("--out", default=str(ROOT / "results" / "cost.csv"))

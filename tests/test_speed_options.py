@@ -125,14 +125,15 @@ def _rows(seed: int, p: int = 3, n: int = 40, k: int = 6):
     return a, b, valid, groups
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_batched_losses_equal_the_per_pair_functions(seed):
+@pytest.mark.parametrize("seed,temperature", [(0, 0.2), (1, 0.07), (2, 0.02)])
+def test_batched_losses_equal_the_per_pair_functions(seed, temperature):
+    """(T = 0.02 takes InfoNCE's logsumexp branch, the others its shifted-exp branch.)"""
     a, b, valid, groups = _rows(seed)
     keys = torch.randint(0, 4, (a.shape[1],), generator=torch.Generator().manual_seed(seed))
     same = (keys[:, None] == keys[None, :]).expand(a.shape[0], -1, -1)
     batched = {
-        "info_nce": losses.info_nce_pairs(a, b, valid, 0.2),
-        "info_nce_masked": losses.info_nce_pairs(a, b, valid, 0.2, same),
+        "info_nce": losses.info_nce_pairs(a, b, valid, temperature),
+        "info_nce_masked": losses.info_nce_pairs(a, b, valid, temperature, same),
         "decorrelation": losses.decorrelation_rows(a, valid),
         "xcorr": losses.orthogonality_xcorr_rows(a, b, valid, groups),
         "xcorr_rows": losses.orthogonality_xcorr_rows(a, b, valid),
@@ -142,8 +143,8 @@ def test_batched_losses_equal_the_per_pair_functions(seed):
     for i in range(a.shape[0]):
         v = valid[i]
         x, y, g = a[i][v], b[i][v], groups[v]
-        ref = {"info_nce": losses.info_nce(x, y, 0.2),
-               "info_nce_masked": losses.info_nce_masked(x, y, 0.2, [keys[v]]),
+        ref = {"info_nce": losses.info_nce(x, y, temperature),
+               "info_nce_masked": losses.info_nce_masked(x, y, temperature, [keys[v]]),
                "decorrelation": losses.decorrelation(x),
                "xcorr": losses.orthogonality_xcorr(x, y, g),
                "xcorr_rows": losses.orthogonality_xcorr(x, y),
