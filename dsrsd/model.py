@@ -119,14 +119,23 @@ class DSRSDNet(FusionModel):
         recon_rows: ``all`` (default: reconstruction over every row) or ``aux`` (over the same
             bounded sample as the other auxiliary terms). [R].
         batched_streams: compute the per-modality projections (adapters, back-projections,
-            private MLPs, fusion scores) as batched matmuls over stacked weights and the shared
-            projector and alignment head once over all modalities' rows. Same model and
-            parameters (checkpoints interchange), same values up to float rounding: not
-            bit-identical to the default path (summation order of the weight gradients), so off
-            by default. Speed only, and only where kernel launches dominate (GPU, unmeasured):
-            on a 2-core CPU it measured no faster (OULAD-like 1.62x vs 1.57x early fusion,
-            ASSISTments-like 2.80x vs 2.86x, within noise). What does cut the CPU step is the
-            auxiliary row budget: ``max_aux_rows=256, recon_rows="aux"`` gave 1.33x and 2.18x.
+            private MLPs, fusion scores) as batched matmuls over stacked weights, the adapter
+            composed into the shared projector's first Linear, and the shared projector and
+            alignment head once over all modalities' rows. Same model and parameters
+            (checkpoints interchange), same values up to float rounding (not bit-identical, so
+            off by default).
+        batched_aux: the auxiliary terms with every modality pair (and modality) in one call on
+            stacked rows and masks of the present rows (:meth:`_aux_batched`, the batched forms
+            in :mod:`dsrsd.losses`), no per-pair copies; with ``task_reads="streams"`` and
+            ``batched_streams``, ``z`` is computed only on the sampled auxiliary rows. Same
+            values up to float rounding (tests/test_speed_options.py); contrastive ``clip`` or
+            ``masked``, decorrelation ``vicreg``. Speed only. With ``max_aux_rows=256,
+            recon_rows="aux"`` and ``batched_streams`` (``dsrsd_fast`` in
+            ``benchmarks/methods_cost.py``) the CPU step measured 1.33x early fusion at the
+            OULAD shape and 1.45x at the ASSISTments shape (against 1.57x and 2.55x for the same
+            options on the reference paths with 1024 rows); at the ASSISTments shape the stream
+            layers themselves (about 7 ``k x d`` products per modality on each of ~2,260 scored
+            steps) cost about as much as the 1.25x target allows.
     """
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, k: int = 64,
