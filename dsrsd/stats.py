@@ -16,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from scipy.stats import rankdata
 
 from dsrsd.errors import DsrsdError
 
@@ -34,17 +33,26 @@ def auc_on_resamples(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> np.nda
     """ROC-AUC of ``prob`` against 0/1 ``y`` on every resample (row) of ``idx``.
 
     Rank form (Mann-Whitney U): ties count one half, as in ``sklearn.metrics.roc_auc_score``.
-    A resample that holds one class only gives NaN."""
+    A resample that holds one class only gives NaN. Each resample is read as how often it
+    draws each test unit, over units sorted once by ``prob``: no sort per resample, so 1,000
+    resamples of 2,000 units cost milliseconds, not a second."""
     y = np.asarray(y).astype(int)
     prob = np.asarray(prob, dtype=np.float64)
     if y.shape != prob.shape or y.ndim != 1:
         raise ValueError(f"auc_on_resamples: y {y.shape} and prob {prob.shape} must be equal 1-d")
-    yb = y[idx]
-    ranks = rankdata(prob[idx], axis=1)
-    n_pos = yb.sum(1).astype(np.float64)
-    n_neg = yb.shape[1] - n_pos
+    idx = np.atleast_2d(np.asarray(idx))
+    n_boot, n = len(idx), len(y)
+    counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(),
+                         minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+    order = np.argsort(prob, kind="stable")
+    sorted_prob, y_sorted, counts = prob[order], y[order], counts[:, order]
+    starts = np.flatnonzero(np.r_[True, sorted_prob[1:] != sorted_prob[:-1]])  # tie groups
+    pos = np.add.reduceat(counts * y_sorted, starts, axis=1)
+    neg = np.add.reduceat(counts * (1 - y_sorted), starts, axis=1)
+    below = np.cumsum(neg, 1) - neg  # negatives strictly below each group
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return ((ranks * yb).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        return (pos * (below + 0.5 * neg)).sum(1) / (n_pos * n_neg)
 
 
 def paired_bootstrap_auc(y: np.ndarray, probs: Sequence[np.ndarray], n_boot: int = 1000,

@@ -200,3 +200,25 @@ def test_headline_reads_the_group_and_holm_columns_and_names_a_missing_one(tmp_p
     sig.drop(columns="significant_holm").to_csv(tmp_path / "significance.csv", index=False)
     with pytest.raises(DsrsdError, match=r"significance.csv: missing column\(s\) significant_holm"):
         book.headline(tmp_path)
+
+
+# ------------------------------------------------------------------------------ sized splits
+def test_synthetic_splits_keep_train_and_val_sizes_and_grow_the_test_split():
+    from dsrsd.data.synthetic import load_synthetic
+
+    for scenario, n in (("dominance", None), ("default", 1500), ("default", 1000)):
+        plain = load_synthetic(scenario, n=n) if n else load_synthetic(scenario)
+        sized = book.synthetic_splits(scenario, seed=0, n=n, n_test=2000)
+        assert sized.info["sizes"] == [*plain.info["sizes"][:2], 2000]
+        assert sized.info["scenario"] == scenario
+    again = book.synthetic_splits("dominance", seed=0)
+    assert torch.equal(again.test.x["m0"], book.synthetic_splits("dominance", seed=0).test.x["m0"])
+    assert book.synthetic_splits("default", seed=0, n=200, n_test=20).info["sizes"] == [140, 30, 20]
+
+
+@pytest.mark.parametrize("kw, words", [({"n_test": 5}, "n_test"), ({"n_test": 2.5}, "n_test"),
+                                       ({"split": (0.5, 0.2)}, "not n or split")])
+def test_synthetic_splits_bad_sizes_are_one_line(kw, words):
+    with pytest.raises(DsrsdError, match=words) as err:
+        book.synthetic_splits("default", seed=0, n=200, **kw)
+    assert "\n" not in str(err.value)

@@ -236,3 +236,12 @@ def test_interval_coverage_on_simulated_runs(n, t_min, boot_min, boot_max):
         boot_hit += lo <= true <= hi
     assert t_min <= t_hit / trials <= 0.98
     assert boot_min <= boot_hit / trials <= boot_max
+
+
+def test_auc_on_resamples_with_heavy_ties_and_repeated_units_matches_sklearn():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 2000)
+    prob = np.round(y * 0.3 + rng.random(2000), 1)  # 12 distinct values: ties everywhere
+    idx = stats.bootstrap_indices(len(y), 5, seed=1)
+    expected = [roc_auc_score(y[i], prob[i]) for i in idx]
+    np.testing.assert_allclose(stats.auc_on_resamples(y, prob, idx), expected, rtol=0, atol=1e-12)
