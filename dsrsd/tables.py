@@ -181,6 +181,22 @@ def headline(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
     return t.fillna("—")
 
 
+def selection(df: pd.DataFrame, experiment: str, metric: str = "val_auc") -> pd.DataFrame:
+    """The trials of a selection experiment per method, best first by mean validation
+    ``metric`` over its runs; ``chosen`` marks each method's best trial. Test metrics are not
+    read, so nothing is chosen on test data."""
+    sub = df[df["experiment"] == experiment] if "experiment" in df else df.iloc[0:0]
+    if sub.empty:
+        raise DsrsdError(f"no records of experiment {experiment!r} in the results")
+    if metric not in sub:
+        raise DsrsdError(f"experiment {experiment!r}: its records have no {metric!r}")
+    g = sub.groupby(["method", "variant"])[metric].agg(["mean", "count"]).reset_index()
+    g = g.rename(columns={"mean": metric, "count": "n"}).sort_values(
+        ["method", metric], ascending=[True, False], kind="mergesort")
+    g["chosen"] = ~g.duplicated("method")
+    return g.reset_index(drop=True)
+
+
 def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float]:
     """Two-sided paired test of ``a`` vs ``b``: Wilcoxon signed-rank for n >= 6, else paired t.
 

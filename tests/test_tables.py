@@ -144,3 +144,19 @@ def test_records_carry_group_and_experiment(tmp_path):
     df = tables.load_records(tmp_path).set_index("run_id")
     assert df.loc["a", "group"] == "ablation" and df.loc["b", "group"] == "selection"
     assert df.loc["b", "experiment"] == "e1" and pd.isna(df.loc["a", "experiment"])
+
+
+def test_selection_ranks_trials_on_validation_only():
+    import pandas as pd
+
+    from dsrsd import tables
+    df = pd.DataFrame({"experiment": ["sel"] * 4 + ["other"],
+                       "method": ["dsrsd", "dsrsd", "early", "early", "dsrsd"],
+                       "variant": ["a", "b", "c", "d", "z"],
+                       "val_auc": [0.70, 0.72, 0.71, 0.69, 0.99],
+                       "test_auc": [0.99, 0.50, 0.50, 0.99, 0.99]})
+    s = tables.selection(df, "sel")
+    chosen = dict(zip(s[s["chosen"]]["method"], s[s["chosen"]]["variant"], strict=True))
+    assert chosen == {"dsrsd": "b", "early": "c"}  # test AUC would have picked a and d
+    with pytest.raises(DsrsdError, match="no records of experiment 'none'"):
+        tables.selection(df, "none")
