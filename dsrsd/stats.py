@@ -232,3 +232,32 @@ def bootstrap_effective_rank(z: Sequence[np.ndarray], n_boot: int = 100, seed: i
         p = ev / ev.sum(1, keepdims=True)
         ranks.append(np.exp(-(p * np.log(np.where(p > 0, p, 1.0))).sum(1)))
     return np.mean(ranks, 0)
+
+
+def bootstrap_offdiag_mass(z: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_boot]`` off-diagonal correlation masses (``dsrsd.probes.offdiag_mass``, mean over the
+    matrices of ``z``, one per modality, rows aligned) on resamples of the rows, drawn as
+    :func:`bootstrap_effective_rank` draws them: the same ``seed`` gives the same resamples for
+    every run, so differences between runs are paired. A column with no spread in a resample
+    has no correlations (counted 0, as in ``offdiag_mass``)."""
+    if n_boot < 1 or len(z) == 0:
+        raise ValueError(f"bootstrap_offdiag_mass: need n_boot >= 1 and >= 1 matrix, got "
+                         f"n_boot={n_boot}, {len(z)} matrices")
+    n = len(z[0])
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+    masses = []
+    for zm in z:
+        x = np.asarray(zm, dtype=np.float64)
+        if x.ndim != 2 or len(x) != n:
+            raise ValueError(f"bootstrap_offdiag_mass: every matrix needs {n} rows, got {x.shape}")
+        x = x - x.mean(0)  # centring first keeps E[x x'] - mu mu' free of cancellation
+        mu = w @ x
+        cov = (w @ (x[:, :, None] * x[:, None, :]).reshape(n, -1)).reshape(n_boot, x.shape[1], -1)
+        cov -= mu[:, :, None] * mu[:, None, :]
+        sd = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c2 = np.nan_to_num(cov / (sd[:, :, None] * sd[:, None, :])) ** 2
+        diag = np.diagonal(c2, axis1=1, axis2=2).sum(1)
+        total = c2.sum((1, 2))
+        masses.append((total - diag) / total)
+    return np.mean(masses, 0)

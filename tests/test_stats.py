@@ -245,3 +245,34 @@ def test_auc_on_resamples_with_heavy_ties_and_repeated_units_matches_sklearn():
     idx = stats.bootstrap_indices(len(y), 5, seed=1)
     expected = [roc_auc_score(y[i], prob[i]) for i in idx]
     np.testing.assert_allclose(stats.auc_on_resamples(y, prob, idx), expected, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_offdiag_mass_is_offdiag_mass_of_each_explicit_resample():
+    from dsrsd.probes import offdiag_mass
+
+    rng = np.random.default_rng(0)
+    n = 120
+    shared = rng.normal(size=(n, 1))
+    z0 = shared @ rng.normal(size=(1, 6)) + 0.5 * rng.normal(size=(n, 6))
+    z1 = rng.normal(size=(n, 6))
+    z1[:, 2] = 3.0  # a dead dimension: no correlations, as offdiag_mass counts it
+    draws = stats.bootstrap_offdiag_mass([z0, z1], n_boot=25, seed=4)
+    # The same resamples, drawn as counts per row and expanded into explicit row lists.
+    counts = np.random.default_rng(4).multinomial(n, np.full(n, 1 / n), size=25)
+    rows = [np.repeat(np.arange(n), c) for c in counts]
+    with np.errstate(invalid="ignore", divide="ignore"):  # np.corrcoef on the dead dimension
+        expected = [np.mean([offdiag_mass(z0[r]), offdiag_mass(z1[r])]) for r in rows]
+    np.testing.assert_allclose(draws, expected, rtol=0, atol=1e-10)
+    assert np.array_equal(draws, stats.bootstrap_offdiag_mass([z0, z1], n_boot=25, seed=4))
+
+
+def test_bootstrap_offdiag_mass_separates_correlated_from_independent_columns():
+    rng = np.random.default_rng(1)
+    n = 1000
+    indep = rng.normal(size=(n, 8))
+    corr = rng.normal(size=(n, 1)) + 0.3 * rng.normal(size=(n, 8))
+    d = stats.bootstrap_offdiag_mass([corr]) - stats.bootstrap_offdiag_mass([indep])
+    lo, hi = stats.interval(d)
+    assert lo > 0.5 and stats.noise_word(lo, hi) == "higher"
+    with pytest.raises(ValueError, match="rows"):
+        stats.bootstrap_offdiag_mass([indep, indep[:10]])
