@@ -118,6 +118,10 @@ class DSRSDNet(FusionModel):
             (term ``modality_task``, returned already weighted; 0 = not built). [R].
         recon_rows: ``all`` (default: reconstruction over every row) or ``aux`` (over the same
             bounded sample as the other auxiliary terms). [R].
+        residual: ``True`` (default): the private stream reads ``h_m - W_m s_m``; ``False``
+            (ablation "no residual"): it reads ``h_m``, and only the losses separate the streams.
+        align_head: ``True`` (default): ``z_m = s_m + A(s_m)``; ``False`` (ablation "no
+            alignment head"): ``z_m = s_m``, the alignment terms act on the shared stream itself.
         batched_streams: compute the per-modality projections (adapters, back-projections,
             private MLPs, fusion scores) as batched matmuls over stacked weights, the adapter
             composed into the shared projector's first Linear, and the shared projector and
@@ -144,7 +148,8 @@ class DSRSDNet(FusionModel):
                  decorrelation: str = "vicreg", orthogonality: str = "frobenius",
                  max_aux_rows: int = 1024, contrastive: str = "clip", task_reads: str = "aligned",
                  modality_task_weight: float = 0.0, recon_rows: str = "all",
-                 batched_streams: bool = False, batched_aux: bool = False):
+                 batched_streams: bool = False, batched_aux: bool = False,
+                 residual: bool = True, align_head: bool = True):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
         if len(specs) < 2:
             raise DsrsdError(f"DSRSD-Net needs at least 2 modalities, got {len(specs)}")
@@ -173,12 +178,16 @@ class DSRSDNet(FusionModel):
         self.contrastive, self.task_reads = contrastive, task_reads
         self.modality_task_weight, self.recon_rows = float(modality_task_weight), recon_rows
         self.batched_streams, self.batched_aux = bool(batched_streams), bool(batched_aux)
+        self.residual, self.align_head = bool(residual), bool(align_head)
 
         self.adapters = nn.ModuleList(nn.Linear(d, d) for _ in range(m))
         self.shared = mlp(d, d, k)
-        self.back = nn.ModuleList(nn.Linear(k, d, bias=False) for _ in range(m))
+        # The ablations build no layer they do not use (DDP rejects parameters without grads).
+        if self.residual:
+            self.back = nn.ModuleList(nn.Linear(k, d, bias=False) for _ in range(m))
         self.private = nn.ModuleList(mlp(d, d, k) for _ in range(m))
-        self.align = mlp(k, k, k)
+        if self.align_head:
+            self.align = mlp(k, k, k)
         if fusion == "concat":
             self.concat = nn.Linear(2 * m * k, k)
         else:
@@ -206,12 +215,18 @@ class DSRSDNet(FusionModel):
             z = self.aligned(s) if aligned else None
             return {"h": hs, "s": s, "p": p, "z": z, "present": present}
         s = [self.shared(a(h)) for a, h in zip(self.adapters, hs, strict=False)]
-        p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
-        z = [sm + self.align(sm) for sm in s]
+        if self.residual:
+            p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
+        else:
+            p = [f(h) for f, h in zip(self.private, hs, strict=False)]
+        z = [sm + self.align(sm) for sm in s] if self.align_head else list(s)
         return {"h": hs, "s": s, "p": p, "z": z, "present": present}
 
     def aligned(self, s: list[Tensor]) -> list[Tensor]:
-        """``z_m = s_m + A(s_m)``, the alignment head run once over every modality's rows."""
+        """``z_m = s_m + A(s_m)``, the alignment head run once over every modality's rows
+        (``z_m = s_m`` without the head)."""
+        if not self.align_head:
+            return list(s)
         x = torch.stack(s)
         return list((x + self.align(x.flatten(0, 1)).view_as(x)).unbind(0))
 
@@ -236,7 +251,7 @@ class DSRSDNet(FusionModel):
         b = torch.stack([a.bias for a in self.adapters]) @ first.weight.T + first.bias
         u = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         s = self.shared[1:](u.reshape(m * n, -1)).reshape(m, n, -1)
-        r = h - self._stacked(self.back, s)
+        r = h - self._stacked(self.back, s) if self.residual else h
         # The private MLPs (Linear -> GELU -> LayerNorm -> Dropout -> Linear), stacked.
         first, norm, drop, last = ([f[i] for f in self.private] for i in (0, 2, 3, 4))
         x = F.gelu(self._stacked(first, r))
@@ -297,17 +312,7 @@ class DSRSDNet(FusionModel):
     # ------------------------------------------------------------------ losses
     def aux_losses(self, st: dict, batch: Batch) -> dict[str, Tensor]:
         """Alignment (contrastive, regression), decorrelation, orthogonality, reconstruction."""
-        # Under torchrun every term below is a statistic of the *global* batch (InfoNCE
-        # negatives, covariances), so the rows of all ranks are gathered first.
-        gather = self.batch_gather or (lambda t: t)
-        present: Tensor = gather(st["present"])
-        rows = aux_row_sample(present.shape[0], self.max_aux_rows, present.device)
-
-        def pick(t: Tensor) -> Tensor:
-            t = gather(t)
-            return t if rows is None else t[rows]
-
-        pres = present if rows is None else present[rows]
+        gather, pick, present, pres = self._aux_rows(st)
         s, p, z = ([pick(t) for t in st[key]] for key in ("s", "p", "z"))
         # Window ids (per-step tasks) and input keys, only for the forms that use them.
         need_groups = self.per_step and (self.contrastive != "clip" or self.orthogonality_form
@@ -374,10 +379,12 @@ class DSRSDNet(FusionModel):
             out["recon"] = rec / max(n_rec, 1)
         return out
 
-    def _aux_batched(self, st: dict, batch: Batch) -> dict[str, Tensor]:
-        """:meth:`aux_losses` with every modality pair (and modality) in one call on stacked
-        ``[P, n, k]`` rows and masks of the present rows, not copies (``batched_aux=True``);
-        ``z`` is computed here, on the sampled rows, when the forward did not need it."""
+    def _aux_rows(self, st: dict) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
+                                           Tensor, Tensor]:
+        """The rows the auxiliary terms use: ``gather`` (all ranks' rows), ``pick`` (gathered,
+        then the bounded row sample), the gathered presence mask and its sampled rows."""
+        # Under torchrun every auxiliary term is a statistic of the *global* batch (InfoNCE
+        # negatives, covariances), so the rows of all ranks are gathered first.
         gather = self.batch_gather or (lambda t: t)
         present: Tensor = gather(st["present"])
         rows = aux_row_sample(present.shape[0], self.max_aux_rows, present.device)
@@ -386,7 +393,14 @@ class DSRSDNet(FusionModel):
             t = gather(t)
             return t if rows is None else t[rows]
 
-        pres = (present if rows is None else present[rows]).T  # [M, n]
+        return gather, pick, present, present if rows is None else present[rows]
+
+    def _aux_batched(self, st: dict, batch: Batch) -> dict[str, Tensor]:
+        """:meth:`aux_losses` with every modality pair (and modality) in one call on stacked
+        ``[P, n, k]`` rows and masks of the present rows, not copies (``batched_aux=True``);
+        ``z`` is computed here, on the sampled rows, when the forward did not need it."""
+        gather, pick, present, pres = self._aux_rows(st)
+        pres = pres.T  # [M, n]
         s, p = (torch.stack([pick(t) for t in st[key]]) for key in ("s", "p"))
         z = torch.stack(self.aligned(list(s)) if st["z"] is None else [pick(t) for t in st["z"]])
         need_groups = self.per_step and (self.contrastive != "clip" or self.orthogonality_form

@@ -342,3 +342,65 @@ def test_modality_task_heads_enter_the_objective_through_fit():
               progress=False)
     assert off["history"][0]["grad_norm"]["modality_task"] == 0.0
     assert off["test"] != on["test"]
+
+
+# ------------------------------------------------------------------ ablation switches
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_no_residual_private_stream_reads_the_encoding(batched):
+    """``residual=False``: p_m = P_p(h_m), with no back-projection built; with the
+    back-projection zeroed, the default model computes the same streams."""
+    sp = load_synthetic(n=80)
+    torch.manual_seed(0)
+    ref = DSRSDNet(sp.train.specs, sp.train.task, d=16, k=8, dropout=0.0, batched_streams=batched)
+    abl = DSRSDNet(sp.train.specs, sp.train.task, d=16, k=8, dropout=0.0, batched_streams=batched,
+                   residual=False)
+    assert not hasattr(abl, "back")
+    for lin in ref.back:
+        torch.nn.init.zeros_(lin.weight)  # h - 0 * s = h
+    abl.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("back.")})
+    batch = sp.test.batch(torch.arange(len(sp.test)))
+    with torch.no_grad():
+        a, b = ref.eval().streams(batch), abl.eval().streams(batch)
+    for key in ("s", "p", "z"):
+        for x, y in zip(a[key], b[key], strict=True):
+            assert torch.allclose(x, y, atol=1e-6), key
+    # ... and the back-projection matters in the default model: nonzero W changes p, not s.
+    torch.manual_seed(1)
+    for lin in ref.back:
+        torch.nn.init.normal_(lin.weight)
+    with torch.no_grad():
+        c = ref.streams(batch)
+    assert all(torch.equal(x, y) for x, y in zip(a["s"], c["s"], strict=True))
+    assert not any(torch.allclose(x, y, atol=1e-3) for x, y in zip(a["p"], c["p"], strict=True))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_no_alignment_head_aligns_the_shared_stream_itself(batched):
+    sp = load_synthetic(n=80)
+    abl = DSRSDNet(sp.train.specs, sp.train.task, d=16, k=8, align_head=False,
+                   batched_streams=batched, batched_aux=batched).eval()
+    assert not hasattr(abl, "align")
+    batch = sp.test.batch(torch.arange(len(sp.test)))
+    with torch.no_grad():
+        st = abl.streams(batch)
+    assert all(torch.equal(z, s) for z, s in zip(st["z"], st["s"], strict=True))
+    with torch.enable_grad():
+        aux = abl(batch).aux
+    assert {"align_con", "align_reg", "decor", "orth"} <= set(aux)
+    assert all(torch.isfinite(v) for v in aux.values())
+
+
+@pytest.mark.parametrize("params", [{"residual": False}, {"align_head": False}])
+def test_ablation_switches_train(params):
+    """Every parameter the ablations build gets a gradient (DDP needs that) and fit runs."""
+    sp = load_synthetic(n=200, missing_rate=0.2)
+    model = DSRSDNet(sp.train.specs, sp.train.task, d=16, k=8, **params)
+    batch = sp.train.batch(torch.arange(len(sp.train)))
+    o = model(batch)
+    (task_loss(o.logits, batch.y) + sum(o.aux.values())).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    cfg = TrainConfig(method="dsrsd", method_params=params, epochs=1, batch_size=64, device="cpu")
+    assert 0.0 <= fit(cfg, splits=sp, progress=False)["test"]["auc"] <= 1.0
