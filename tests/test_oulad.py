@@ -335,6 +335,20 @@ def test_corrupt_and_missing_sources(tmp_path, fixture_zip):
     no_cache(tmp_path / "d")
 
 
+def test_folder_holding_the_zip_is_read_as_the_zip(tmp_path, fixture_zip):
+    """A download folder with the official zip in it (as the shared copy is laid out) works."""
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "anonymisedData.zip").write_bytes(fixture_zip.read_bytes())
+    (folder / "README.md").write_text("the official zip")
+    prepare_oulad(folder, tmp_path / "d", expected_rows=None, log=quiet)
+    assert oulad_cache_ok(tmp_path / "d")
+    (folder / "second.zip").write_bytes(fixture_zip.read_bytes())  # ambiguous: a clear error
+    with pytest.raises(DsrsdError) as e:
+        prepare_oulad(folder, tmp_path / "d2", expected_rows=None, log=quiet)
+    one_line(e, "courses.csv")
+
+
 def test_row_count_check(tmp_path, fixture_zip, tables):
     rows = {k: len(v) for k, v in tables.items()}
     prepare_oulad(fixture_zip, tmp_path / "ok", expected_rows=rows, log=quiet)

@@ -95,8 +95,13 @@ class _Source:
     def __init__(self, path: Path) -> None:
         if not path.exists():
             raise DsrsdError(f"OULAD source {path} does not exist")
-        self.path = path
         self.members: dict[str, str] = {}
+        if path.is_dir() and not (path / f"{TABLES[0]}.csv").is_file():
+            # A folder holding the official zip (as a download folder does): take the zip.
+            zips = sorted(path.glob("*.zip"))
+            if len(zips) == 1:
+                path = zips[0]
+        self.path = path
         if path.is_dir():
             for t in TABLES:
                 f = path / f"{t}.csv"
