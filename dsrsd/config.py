@@ -28,7 +28,7 @@ WARMUP_TERMS = ("decor", "orth")
 WARMUP_CHOICES = {"reg": WARMUP_TERMS, "all": tuple(DEFAULT_WEIGHTS)}
 # Fields added after records existed: left out of the hash at their default, so every earlier
 # config keeps its hash (sweeps find their finished runs, --resume accepts old checkpoints).
-HASH_OMITTED_AT_DEFAULT = ("warmup_terms", "select_after_warmup")
+HASH_OMITTED_AT_DEFAULT = ("warmup_terms", "select_after_warmup", "length_buckets")
 # Loss weights added after records existed: left out of the hash while they hold these values.
 WEIGHTS_OMITTED_AT_DEFAULT = {"modality_task": 1.0}
 
@@ -74,6 +74,9 @@ class TrainConfig:
     amp: bool = True
     warmup_terms: str = field(default="reg", **_m(choices=tuple(WARMUP_CHOICES)))
     select_after_warmup: bool = False
+    # Per-step (KT) tasks: 0 = plain batches; B > 0 = length-bucketed training batches (sorted
+    # by window length within chunks of B batches) and every batch trimmed to its longest window
+    length_buckets: int = field(default=0, **_m(min=0, max=1_000_000))
 
     def __post_init__(self) -> None:
         from dsrsd.validate import check_config

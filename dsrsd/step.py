@@ -106,10 +106,14 @@ def train_epoch(model: nn.Module, data: MultimodalData, opt: torch.optim.Optimiz
                 ) -> Iterator[dict[str, Tensor]]:
     """One epoch of :func:`train_step` over ``data`` (shuffled, seeded by ``(cfg.seed, epoch)``,
     this rank's share of every global batch); yields each step's logged terms. Batches with
-    fewer than ``min_rows`` rows are skipped. ``observer``: see :func:`train_step`."""
+    fewer than ``min_rows`` rows are skipped. ``cfg.length_buckets > 0``: length-bucketed,
+    trimmed batches (:meth:`~dsrsd.data.batch.MultimodalData.batches`). ``observer``: see
+    :func:`train_step`."""
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-    for batch in data.batches(cfg.batch_size, shuffle=True, generator=g, rank=rank, world=world):
+    buckets = cfg.length_buckets
+    for batch in data.batches(cfg.batch_size, shuffle=True, generator=g, rank=rank, world=world,
+                              buckets=buckets, trim=buckets > 0):
         if len(batch) < min_rows:
             continue
         batch = batch.to(device, non_blocking=True)

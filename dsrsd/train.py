@@ -67,15 +67,19 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
-            device: torch.device | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and predicted probabilities (``[N]`` binary, ``[N, C]`` multiclass) on ``data``."""
+            device: torch.device | None = None, amp: bool = True,
+            trim: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and predicted probabilities (``[N]`` binary, ``[N, C]`` multiclass) on ``data``.
+
+    ``trim`` (per-step tasks): each batch is cut after its longest window (the samples keep
+    their order, so the scored steps come in the same order and number)."""
     if isinstance(model, DirectFit):  # fitted outside the gradient loop (e.g. boosting)
         return model.predict_proba(data)
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     ys, ps = [], []
-    for batch in data.batches(batch_size):
+    for batch in data.batches(batch_size, trim=trim):
         batch = batch.to(device)
         with autocast(device, amp):
             logits = model(batch).logits.float()
@@ -86,9 +90,10 @@ def predict(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
 
 
 def evaluate(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
-             device: torch.device | None = None, amp: bool = True) -> dict[str, float]:
-    """Protocol metrics of ``model`` on ``data``."""
-    y, p = predict(model, data, batch_size, device, amp)
+             device: torch.device | None = None, amp: bool = True,
+             trim: bool = False) -> dict[str, float]:
+    """Protocol metrics of ``model`` on ``data`` (``trim``: see :func:`predict`)."""
+    y, p = predict(model, data, batch_size, device, amp, trim)
     if not np.isfinite(p).all():
         raise DsrsdError(f"the model's predictions on {data.name!r} are not finite (training "
                          "diverged: lower --lr or the loss weights)")
@@ -100,7 +105,7 @@ ROBUSTNESS_RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 def robustness(model: nn.Module, data: MultimodalData, device: torch.device | None = None,
                amp: bool = True, rates: tuple[float, ...] = ROBUSTNESS_RATES,
-               seed: int = 0) -> dict:
+               seed: int = 0, trim: bool = False) -> dict:
     """ROC-AUC with modalities hidden at test time (book/papers.md's missing-modality protocol [R]).
 
     ``drop_rate[r]``: every present modality of every sample is hidden with probability ``r``
@@ -113,7 +118,8 @@ def robustness(model: nn.Module, data: MultimodalData, device: torch.device | No
     for i, r in enumerate(rates):
         g = torch.Generator().manual_seed(seed * 7919 + i)
         hidden = replace(data, present=drop_modalities(data.present, r, generator=g))
-        out["drop_rate"][f"{r:g}"] = evaluate(model, hidden, device=device, amp=amp)["auc"]
+        out["drop_rate"][f"{r:g}"] = evaluate(model, hidden, device=device, amp=amp,
+                                              trim=trim)["auc"]
     for m, name in enumerate(data.names):
         present = data.present.clone()
         present[:, m] = False
@@ -121,7 +127,7 @@ def robustness(model: nn.Module, data: MultimodalData, device: torch.device | No
         if len(keep) == 0:
             continue
         hidden = replace(data, present=present).subset(keep)
-        met = evaluate(model, hidden, device=device, amp=amp)
+        met = evaluate(model, hidden, device=device, amp=amp, trim=trim)
         out["drop_modality"][name] = {"auc": met["auc"], "n": len(keep)}
     return out
 
@@ -278,10 +284,12 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     else:
         history, epochs_run, best_epoch = _train_loop(model, cfg, train, val, device, out,
                                                       resume, progress, rank, world)
+    trim = cfg.length_buckets > 0  # evaluation: trimmed batches in the plain order
     record.update({
-        "val": evaluate(model, val, device=device, amp=cfg.amp),
-        "test": evaluate(model, test, device=device, amp=cfg.amp),
-        "robustness": robustness(model, test, device=device, amp=cfg.amp, seed=cfg.seed),
+        "val": evaluate(model, val, device=device, amp=cfg.amp, trim=trim),
+        "test": evaluate(model, test, device=device, amp=cfg.amp, trim=trim),
+        "robustness": robustness(model, test, device=device, amp=cfg.amp, seed=cfg.seed,
+                                 trim=trim),
         "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
         "selection": selection_policy(cfg),
         "wall_time_s": time.perf_counter() - t0, **provenance(device), **(labels or {})})
@@ -364,7 +372,8 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
         if not math.isfinite(row.get("total", 0.0)):
             raise DsrsdError(f"training diverged in epoch {epoch}: the loss is {row['total']} "
                              f"(lower --lr or the loss weights)")
-        row["val_auc"] = evaluate(model, val, device=device, amp=cfg.amp)["auc"]
+        row["val_auc"] = evaluate(model, val, device=device, amp=cfg.amp,
+                                  trim=cfg.length_buckets > 0)["auc"]
         row.update(_weighted(row, eff), **observer.summary())
         history.append(row)
         score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["task"]

@@ -146,14 +146,58 @@ class MultimodalData:
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def batch(self, idx: Tensor) -> Batch:
-        """Rows ``idx`` (a long tensor) as a :class:`Batch`."""
+    def batch(self, idx: Tensor, trim: bool = False) -> Batch:
+        """Rows ``idx`` (a long tensor) as a :class:`Batch`.
+
+        ``trim`` (per-step tasks; ignored otherwise): cut the step axis after the last valid step
+        of these rows (:meth:`step_lengths`), so a batch of short windows is not padded to the
+        full window length. Only steps no row scores or holds are dropped, so causal models give
+        the same predictions at every scored step, in the same order.
+        """
+        if trim and self.task.kind == "per_step" and len(idx):
+            return self._trimmed(idx, max(int(self.step_lengths(idx).max()), 1))
         return Batch(
             x={k: v[idx] for k, v in self.x.items()},
             pad={k: v[idx] for k, v in self.pad.items()},
             present=self.present[idx],
             y=self.y[idx],
             y_mask=None if self.y_mask is None else self.y_mask[idx],
+        )
+
+    def timed(self) -> list[str]:
+        """Modalities whose tensors carry the step axis of a per-step task (axis 1, as long as
+        ``y``): sequences, and tabular features given per step (``[N, T, ...]``)."""
+        if self.task.kind != "per_step":
+            return []
+        steps = self.y.shape[1]
+        return [s.name for s in self.specs
+                if (s.kind == "sequence" or (s.kind == "tabular" and self.x[s.name].dim() >= 3))
+                and self.x[s.name].shape[1] == steps]
+
+    def step_lengths(self, idx: Tensor | None = None) -> Tensor:
+        """Per-step tasks: each window's valid length ``[N]`` (or rows ``idx``): one past its
+        last scored step or last real step of a timed sequence; 0 for an empty window."""
+        if self.task.kind != "per_step":
+            raise DsrsdError(f"dataset {self.name!r}: step lengths need a per_step task, "
+                             f"got {self.task.kind!r}")
+        rows = slice(None) if idx is None else idx
+        valid = self.y_mask[rows].clone()
+        for name in self.timed():
+            if name in self.pad:
+                valid |= self.pad[name][rows]
+        # position + 1 where valid, 0 elsewhere: the row maximum is one past the last valid step
+        last = valid.long() * torch.arange(1, valid.shape[1] + 1)
+        return last.amax(1) if valid.shape[1] else last.sum(1)
+
+    def _trimmed(self, idx: Tensor, steps: int) -> Batch:
+        # Index rows and steps in one go: the copy holds only the kept steps (and is contiguous).
+        timed = set(self.timed())
+        return Batch(
+            x={k: v[idx, :steps] if k in timed else v[idx] for k, v in self.x.items()},
+            pad={k: v[idx, :steps] if k in timed else v[idx] for k, v in self.pad.items()},
+            present=self.present[idx],
+            y=self.y[idx, :steps],
+            y_mask=self.y_mask[idx, :steps],
         )
 
     def subset(self, idx: Tensor, name: str | None = None) -> MultimodalData:
@@ -163,23 +207,53 @@ class MultimodalData:
                               {k: v[idx] for k, v in self.extras.items()}, name or self.name)
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                rank: int = 0, world: int = 1, drop_last: bool = False) -> Iterator[Batch]:
+                rank: int = 0, world: int = 1, drop_last: bool = False, buckets: int = 0,
+                trim: bool = False) -> Iterator[Batch]:
         """Iterate mini-batches; with ``world > 1`` each rank gets its slice of every global batch.
 
         ``batch_size`` is the *global* batch size, so data-parallel runs see exactly the samples a
         single process would, split across ranks.
+
+        ``buckets = B > 0`` (per-step tasks, with ``shuffle``): length-bucketed batches. The
+        seeded permutation is cut into chunks of ``B * batch_size`` windows, each chunk is sorted
+        by :meth:`step_lengths` (stable) and cut into batches, and the order of all batches is
+        shuffled with the same ``generator``; every window still comes once per epoch. ``0``
+        keeps the plain order. ``trim``: see :meth:`batch`.
         """
         if batch_size <= 0:
             raise DsrsdError(f"batch_size must be positive, got {batch_size}")
+        if buckets < 0:
+            raise DsrsdError(f"buckets must be >= 0, got {buckets}")
+        if buckets and self.task.kind != "per_step":
+            raise DsrsdError(f"length_buckets={buckets}: length-bucketed batches need a per_step "
+                             f"task, dataset {self.name!r} is {self.task.kind!r} (use 0)")
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
+        if buckets and shuffle:
+            groups = self._bucketed(order, batch_size, buckets, generator, drop_last)
+        else:
+            stop = n - n % batch_size if drop_last else n
+            groups = (order[start:start + batch_size] for start in range(0, stop, batch_size))
+        for idx in groups:
             if world > 1:
                 idx = idx[rank::world]
             if len(idx):
-                yield self.batch(idx)
+                yield self.batch(idx, trim)
+
+    def _bucketed(self, order: Tensor, batch_size: int, buckets: int,
+                  generator: torch.Generator | None, drop_last: bool) -> list[Tensor]:
+        """Global batches of ``order``, sorted by length within chunks of ``buckets``
+        batches, in a shuffled order (see :meth:`batches`)."""
+        lengths = self.step_lengths()
+        chunk = buckets * batch_size
+        groups = []
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            part = part[torch.sort(lengths[part], stable=True).indices]
+            groups += list(part.split(batch_size))
+        if drop_last and groups and len(groups[-1]) < batch_size:
+            groups.pop()  # only the last chunk's longest batch can be short
+        return [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
 
 
 def validate(d: MultimodalData) -> None:
