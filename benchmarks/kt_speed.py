@@ -4,17 +4,28 @@ Usage::
 
     python benchmarks/kt_speed.py --path DIR                 # an AKT folder (e.g. assist2009_pid)
     python benchmarks/kt_speed.py --path DIR --threads 1,2 --methods dkt,akt --steps 20
+    python benchmarks/kt_speed.py --dataset assist2009 --threads 1 --buckets 0,8 --reps 3
 
 For each thread count a fresh subprocess (``OMP_NUM_THREADS`` set before torch starts) loads
-fold ``--fold`` through ``--dataset kt`` and, for each method (``dkt``, ``akt``, ``early`` and
-``dsrsd`` by default; fusion methods with ``--seq-encoder``), builds it as the trainer would and
-times:
+fold ``--fold`` (``--dataset kt`` at ``--path``, or the prepared ``assist2009``) and, for each
+method (``dkt``, ``akt``, ``early`` and ``dsrsd`` by default; fusion methods with
+``--seq-encoder``) and each bucket factor of ``--buckets`` (``TrainConfig.length_buckets``:
+0 = plain batches padded to the window length T, B > 0 = length-bucketed batches trimmed to
+their longest window), builds it as the trainer would and times:
 
-* **ms/step**: the median of ``--steps`` calls of :func:`dsrsd.step.train_step` (the trainer's
-  own step: forward, task loss + weighted aux terms, backward, clipping, AdamW) on fixed batches
-  of ``--batch-size`` training windows, after 3 warm-up steps;
-* **train s/epoch**: one full shuffled training epoch (:func:`dsrsd.step.train_epoch`), wall time;
-* **eval s**: scoring the validation split once (what the trainer adds per epoch).
+* **ms/step**: the mean of ``--steps`` calls of :func:`dsrsd.step.train_step` (the trainer's
+  own step: forward, task loss + weighted aux terms, backward, clipping, AdamW) on the first
+  batches of seeded training epochs as that bucket factor makes them, after 3 warm-up steps
+  (a mean, not a median: bucketed batches differ in length, so their cost varies);
+* **train s/epoch**: one full shuffled training epoch (:func:`dsrsd.step.train_epoch`), wall
+  time, the median of ``--reps`` repetitions;
+* **eval s**: scoring the validation split once (what the trainer adds per epoch; trimmed
+  batches when B > 0), median of ``--reps``.
+
+The variants of one method share one process and are timed interleaved (step by step, epoch
+by epoch), so a change of machine load hits them alike. ``pad_frac`` is exact, not timed: the
+share of the steps computed in one training epoch that are padding beyond a window's end, and
+``mean_len`` the mean valid window length (out of T) of the training split.
 
 CPU timings on a shared machine are noisy: read the table with the load (printed) in mind.
 Prints a table; ``--out FILE.csv`` also writes it.
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import statistics
@@ -33,8 +45,29 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["threads", "method", "seq_encoder", "params", "ms_step", "train_s_epoch",
-           "steps_epoch", "eval_s"]
+COLUMNS = ["threads", "method", "seq_encoder", "buckets", "params", "ms_step", "train_s_epoch",
+           "steps_epoch", "eval_s", "pad_frac", "mean_len", "T"]
+
+
+def padding(data, cfg) -> float:
+    """Share of the steps computed in one seeded training epoch that are padding."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    b = cfg.length_buckets
+    cells = sum(x.y.numel() for x in data.batches(cfg.batch_size, shuffle=True, generator=g,
+                                                  buckets=b, trim=b > 0))
+    return 1 - float(data.step_lengths().sum()) / cells
+
+
+def train_batches(data, cfg):
+    """The training batches of seeded epochs 0, 1, ... as ``cfg.length_buckets`` makes them."""
+    import torch
+
+    b = cfg.length_buckets
+    for epoch in itertools.count():
+        g = torch.Generator().manual_seed(epoch)
+        yield from data.batches(cfg.batch_size, shuffle=True, generator=g, buckets=b, trim=b > 0)
 
 
 def child(args) -> list[dict]:
@@ -46,45 +79,63 @@ def child(args) -> list[dict]:
     from dsrsd.step import make_optimizer, supervised_loss, train_epoch, train_step
     from dsrsd.train import evaluate, set_seed
 
-    sp = load_dataset("kt", path=args.path, fold=args.fold, data_dir=args.data_dir)
+    data_params = {"path": args.path} if args.dataset == "kt" else {}
+    sp = load_dataset(args.dataset, fold=args.fold, data_dir=args.data_dir, **data_params)
     dev = torch.device("cpu")
+    buckets = [int(b) for b in args.buckets.split(",")]
+    mean_len = round(float(sp.train.step_lengths().float().mean()), 1)
     rows = []
     for method in args.methods.split(","):
-        cfg = TrainConfig(method=method, dataset="kt", data_params={"path": args.path},
-                          batch_size=args.batch_size, d=args.d,
-                          seq_encoder=args.seq_encoder, device="cpu", amp=False)
-        set_seed(0)
-        model = build_model(cfg, sp.train.specs, sp.train.task, sp.train)
-        opt = make_optimizer(model, cfg)
-        loss_fn = supervised_loss(cfg.weights)
-        g = torch.Generator().manual_seed(0)
-        batches = [sp.train.batch(torch.randperm(len(sp.train), generator=g)[:args.batch_size])
-                   for _ in range(args.steps + 3)]
-        model.train()
-        times = []
-        for i, b in enumerate(batches):
-            t = time.perf_counter()
-            train_step(model, b, opt, loss_fn, dev, amp=False, grad_clip=cfg.grad_clip)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        n = sum(1 for _ in train_epoch(model, sp.train, opt, loss_fn, cfg, 0, dev))
-        epoch_s = time.perf_counter() - t
-        t = time.perf_counter()
-        evaluate(model, sp.val, device=dev, amp=False)
-        rows.append({"threads": torch.get_num_threads(), "method": method,
-                     "seq_encoder": cfg.seq_encoder if method not in ("dkt", "akt") else "-",
-                     "params": sum(p.numel() for p in model.parameters()),
-                     "ms_step": round(1000 * statistics.median(times), 1),
-                     "train_s_epoch": round(epoch_s, 1), "steps_epoch": n,
-                     "eval_s": round(time.perf_counter() - t, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+        runs = []
+        for b in buckets:  # one model per variant, same initial weights
+            cfg = TrainConfig(method=method, dataset=args.dataset, data_params=data_params,
+                              batch_size=args.batch_size, d=args.d, seq_encoder=args.seq_encoder,
+                              device="cpu", amp=False, length_buckets=b)
+            set_seed(0)
+            model = build_model(cfg, sp.train.specs, sp.train.task, sp.train)
+            steps = list(itertools.islice(train_batches(sp.train, cfg), args.steps + 3))
+            runs.append({"cfg": cfg, "model": model, "opt": make_optimizer(model, cfg),
+                         "loss": supervised_loss(cfg.weights), "batches": steps, "step_s": [],
+                         "epoch_s": [], "eval_s": []})
+        for r in runs:
+            r["model"].train()
+        for i in range(len(runs[0]["batches"])):
+            for r in runs:
+                t = time.perf_counter()
+                train_step(r["model"], r["batches"][i], r["opt"], r["loss"], dev, amp=False,
+                           grad_clip=r["cfg"].grad_clip)
+                if i >= 3:
+                    r["step_s"].append(time.perf_counter() - t)
+        for rep in range(args.reps):
+            for r in runs:
+                t = time.perf_counter()
+                r["n"] = sum(1 for _ in train_epoch(r["model"], sp.train, r["opt"], r["loss"],
+                                                    r["cfg"], rep, dev))
+                r["epoch_s"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                evaluate(r["model"], sp.val, device=dev, amp=False, trim=r["cfg"].length_buckets > 0)
+                r["eval_s"].append(time.perf_counter() - t)
+        for r in runs:
+            cfg = r["cfg"]
+            rows.append({"threads": torch.get_num_threads(), "method": method,
+                         "seq_encoder": cfg.seq_encoder if method not in ("dkt", "akt") else "-",
+                         "buckets": cfg.length_buckets,
+                         "params": sum(p.numel() for p in r["model"].parameters()),
+                         "ms_step": round(1000 * statistics.mean(r["step_s"]), 1),
+                         "train_s_epoch": round(statistics.median(r["epoch_s"]), 1),
+                         "steps_epoch": r["n"],
+                         "eval_s": round(statistics.median(r["eval_s"]), 1),
+                         "pad_frac": round(padding(sp.train, cfg), 3), "mean_len": mean_len,
+                         "T": sp.train.y.shape[1]})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--path", required=True, help="a KT data folder or file (--dataset kt)")
+    ap.add_argument("--dataset", default="kt", choices=("kt", "assist2009"),
+                    help="kt: the folder or file at --path; assist2009: the prepared cache")
+    ap.add_argument("--path", default=None, help="a KT data folder or file (--dataset kt)")
     ap.add_argument("--data-dir", default=None, help="cache folder (default: dsrsd's)")
     ap.add_argument("--fold", type=int, default=1)
     ap.add_argument("--methods", default="dkt,akt,early,dsrsd")
@@ -93,9 +144,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--buckets", default="0",
+                    help="length_buckets values timed side by side, e.g. 0,8 (0 = plain batches)")
+    ap.add_argument("--reps", type=int, default=1, help="epochs timed per variant")
     ap.add_argument("--out", default=None, help="also write the table as CSV here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.dataset == "kt" and not args.path:
+        ap.error("--dataset kt needs --path")
     if args.child:
         child(args)
         return 0

@@ -83,11 +83,16 @@ def train_step(model: nn.Module, batch: Batch, opt: torch.optim.Optimizer, loss_
                device: torch.device, amp: bool = True, grad_clip: float = 0.0,
                observer: StepObserver | None = None) -> dict[str, Tensor]:
     """One optimisation step of ``model`` on ``batch``; returns the logged (detached) terms.
+    The loss and the logged terms are scaled by ``batch.weight`` (1 but for length-bucketed
+    batches, where it keeps each scored step's weight in the epoch what plain batches give it).
 
     ``observer`` (the one ``loss_fn`` reports to) is called just before and after the
     backward, i.e. before clipping."""
     with autocast(device, amp):
         loss, logged = loss_fn(model, batch)
+    if batch.weight != 1.0:  # length-bucketed batches (MultimodalData.batches)
+        loss = loss * batch.weight
+        logged = {k: v * batch.weight for k, v in logged.items()}
     opt.zero_grad(set_to_none=True)
     if observer is not None:
         observer.before_backward(model)

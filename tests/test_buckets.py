@@ -7,19 +7,21 @@ then the batches are exactly the plain seeded permutation, so earlier runs are u
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
+from test_kt_models import FUSION, T, cfg, kt_splits
 
 from dsrsd.config import TrainConfig
 from dsrsd.data.batch import MultimodalData, Splits
 from dsrsd.data.synthetic import load_synthetic
 from dsrsd.errors import DsrsdError
 from dsrsd.registry import build_model
-from dsrsd.step import supervised_loss
+from dsrsd.step import supervised_loss, train_step
 from dsrsd.train import fit, predict
-from test_kt_models import FUSION, T, cfg, kt_splits
 
 BS = 8
 
@@ -48,6 +50,11 @@ def epoch_ids(data: MultimodalData, seed: int, **kw) -> list[list[int]]:
     return [ids(b) for b in data.batches(BS, shuffle=True, generator=g, **kw)]
 
 
+def epoch_weights(data: MultimodalData, seed: int, **kw) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    return [b.weight for b in data.batches(BS, shuffle=True, generator=g, **kw)]
+
+
 # ------------------------------------------------------------------------------ batches
 
 
@@ -67,6 +74,7 @@ def test_off_by_default_gives_the_plain_seeded_order(splits):
     assert epoch_ids(d, 7) == plain
     assert epoch_ids(d, 7, buckets=0, trim=True) == plain
     assert all(b.y.shape[1] == T for b in d.batches(BS, shuffle=True, generator=g))
+    assert set(epoch_weights(d, 7)) == {1.0}
 
 
 @pytest.mark.parametrize("buckets", [1, 3, 100])
@@ -84,6 +92,11 @@ def test_bucketed_epoch_has_every_window_once_in_full_batches(splits, buckets):
         assert {tuple(sorted(b)) for b in got} == plain
     for b in got:  # a chunk is sorted, so within a batch lengths never decrease
         assert all(lengths[i] <= lengths[j] for i, j in zip(b, b[1:], strict=False))
+    # weights: each batch's scored steps over the mean per batch (so they average to 1)
+    scored = torch.tensor([float(d.y_mask[b].sum()) for b in got])
+    expected = scored / scored.mean()
+    torch.testing.assert_close(torch.tensor(epoch_weights(d, 3, buckets=buckets)), expected,
+                               rtol=1e-6, atol=0, check_dtype=False)
 
 
 def test_drop_last_drops_the_one_short_batch(splits):
@@ -108,6 +121,8 @@ def test_ranks_split_every_global_batch(splits, buckets):
     parts = [epoch_ids(d, 5, buckets=buckets, trim=True, rank=r, world=3) for r in range(3)]
     for k, b in enumerate(full):
         assert [p[k] for p in parts] == [b[r::3] for r in range(3)]
+    weights = [epoch_weights(d, 5, buckets=buckets, rank=r, world=3) for r in range(3)]
+    assert weights[0] == weights[1] == weights[2] == epoch_weights(d, 5, buckets=buckets)
 
 
 def test_trimmed_batch_is_the_full_batch_cut_after_its_longest_window(splits):
@@ -166,6 +181,24 @@ def test_trimming_keeps_predictions_and_loss_at_valid_steps(splits, case):
     assert full.keys() == cut.keys()
     for k in full:
         torch.testing.assert_close(cut[k], full[k], atol=1e-5, rtol=1e-5)
+
+
+def test_train_step_scales_loss_and_logged_terms_by_the_batch_weight(splits):
+    config = cfg("dkt")
+    torch.manual_seed(0)
+    model = build_model(config, splits.train.specs, splits.train.task, splits.train).eval()
+    batch = splits.train.batch(torch.arange(BS), trim=True)
+    deltas, logs = [], []
+    for w in (1.0, 2.5):
+        net = copy.deepcopy(model)
+        before = [p.detach().clone() for p in net.parameters()]
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        logs.append(train_step(net, dataclasses.replace(batch, weight=w), opt,
+                               supervised_loss(config.weights), torch.device("cpu"), amp=False))
+        deltas.append(torch.cat([(p - q).flatten() for p, q in zip(net.parameters(), before,
+                                                                    strict=True)]))
+    torch.testing.assert_close(logs[1]["task"], 2.5 * logs[0]["task"])
+    torch.testing.assert_close(deltas[1], 2.5 * deltas[0], atol=1e-6, rtol=1e-4)
 
 
 def test_fit_with_length_buckets_trains_and_evaluates_trimmed(splits):

@@ -101,6 +101,9 @@ class Batch:
     present: Tensor
     y: Tensor
     y_mask: Tensor | None = None
+    # The batch's weight in an epoch's objective (the train step scales its loss by it): 1, or
+    # for length-bucketed batches its share of scored steps (MultimodalData.batches).
+    weight: float = 1.0
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def mv(t: Tensor) -> Tensor:
@@ -112,6 +115,7 @@ class Batch:
             present=mv(self.present),
             y=mv(self.y),
             y_mask=None if self.y_mask is None else mv(self.y_mask),
+            weight=self.weight,
         )
 
     def __len__(self) -> int:
@@ -218,7 +222,11 @@ class MultimodalData:
         seeded permutation is cut into chunks of ``B * batch_size`` windows, each chunk is sorted
         by :meth:`step_lengths` (stable) and cut into batches, and the order of all batches is
         shuffled with the same ``generator``; every window still comes once per epoch. ``0``
-        keeps the plain order. ``trim``: see :meth:`batch`.
+        keeps the plain order. A bucketed batch's ``weight`` is its global batch's scored steps
+        over their mean per batch: a batch of short windows holds few scored steps, and
+        weighting keeps every scored step's weight in the epoch's objective what it is in plain
+        batches (unweighted, bucketing lowered DKT's test AUC on ASSISTments by about 0.01).
+        ``trim``: see :meth:`batch`.
         """
         if batch_size <= 0:
             raise DsrsdError(f"batch_size must be positive, got {batch_size}")
@@ -230,20 +238,24 @@ class MultimodalData:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if buckets and shuffle:
-            groups = self._bucketed(order, batch_size, buckets, generator, drop_last)
+            groups, weights = self._bucketed(order, batch_size, buckets, generator, drop_last)
         else:
             stop = n - n % batch_size if drop_last else n
-            groups = (order[start:start + batch_size] for start in range(0, stop, batch_size))
-        for idx in groups:
+            groups = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+            weights = [1.0] * len(groups)
+        for idx, weight in zip(groups, weights, strict=True):
             if world > 1:
                 idx = idx[rank::world]
             if len(idx):
-                yield self.batch(idx, trim)
+                batch = self.batch(idx, trim)
+                batch.weight = weight
+                yield batch
 
     def _bucketed(self, order: Tensor, batch_size: int, buckets: int,
-                  generator: torch.Generator | None, drop_last: bool) -> list[Tensor]:
+                  generator: torch.Generator | None, drop_last: bool
+                  ) -> tuple[list[Tensor], list[float]]:
         """Global batches of ``order``, sorted by length within chunks of ``buckets``
-        batches, in a shuffled order (see :meth:`batches`)."""
+        batches, in a shuffled order, and their weights (see :meth:`batches`)."""
         lengths = self.step_lengths()
         chunk = buckets * batch_size
         groups = []
@@ -253,7 +265,10 @@ class MultimodalData:
             groups += list(part.split(batch_size))
         if drop_last and groups and len(groups[-1]) < batch_size:
             groups.pop()  # only the last chunk's longest batch can be short
-        return [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+        scored = [float(self.y_mask[idx].sum()) for idx in groups]
+        mean = sum(scored) / max(len(scored), 1)
+        return groups, [k / mean if mean else 1.0 for k in scored]
 
 
 def validate(d: MultimodalData) -> None:
