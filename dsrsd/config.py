@@ -20,7 +20,9 @@ DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 10
                    "coral": 1.0, "misa": 1.0,
                    # DSRSD-Net's per-modality task heads: also pre-weighted inside the model
                    # (method_params modality_task_weight, 0 = not built), so the outer weight is 1.
-                   "modality_task": 1.0}
+                   "modality_task": 1.0,
+                   # AKT's L2 on the problem difficulties: pre-weighted by method_params mu_l2.
+                   "rasch_l2": 1.0}
 # Regularisers warmed up linearly over the first epochs, so the task shapes the space first.
 WARMUP_TERMS = ("decor", "orth")
 # ``TrainConfig.warmup_terms`` -> the terms it ramps: "reg" (the book's runs), "all" (issue 12:
@@ -30,7 +32,7 @@ WARMUP_CHOICES = {"reg": WARMUP_TERMS, "all": tuple(DEFAULT_WEIGHTS)}
 # config keeps its hash (sweeps find their finished runs, --resume accepts old checkpoints).
 HASH_OMITTED_AT_DEFAULT = ("warmup_terms", "select_after_warmup", "length_buckets")
 # Loss weights added after records existed: left out of the hash while they hold these values.
-WEIGHTS_OMITTED_AT_DEFAULT = {"modality_task": 1.0}
+WEIGHTS_OMITTED_AT_DEFAULT = {"modality_task": 1.0, "rasch_l2": 1.0}
 
 
 def _m(**meta) -> dict:

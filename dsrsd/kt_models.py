@@ -14,8 +14,9 @@ missing (``present`` False, or hidden by modality dropout) gets a learned consta
 * :class:`AKT` (Ghosh et al. 2020): Rasch embeddings, knowledge and question encoders, the
   knowledge retriever (:class:`~dsrsd.kt_encoders.KTAttentionEncoder`; its docstring says what
   is simplified), and AKT's MLP predictor on ``[retrieved knowledge; question embedding]``.
-  AKT's L2 penalty on the problem difficulties ``mu_q`` is the optimiser's weight decay
-  (``mu`` is an ``[items, 1]`` matrix, so AdamW decays it; ``--weight-decay``).
+  AKT's L2 penalty on the problem difficulties ``mu_q`` is ``mu_l2`` (added to the loss, as
+  AKT does); with ``mu_l2=0`` (default) only AdamW's decoupled weight decay acts on ``mu``
+  (an ``[items, 1]`` matrix), which under Adam is a much weaker pull toward 0.
 """
 
 from __future__ import annotations
@@ -81,13 +82,18 @@ class DKT(HistoryOnly):
 
 
 class AKT(HistoryOnly):
-    """AKT (module docstring). Args: ``layers`` (blocks of each encoder), ``heads``, ``rasch``."""
+    """AKT (module docstring). Args: ``layers`` (blocks of each encoder), ``heads``, ``rasch``,
+    ``mu_l2``: AKT's L2 penalty on the problem difficulties ``mu_q`` added to the loss (term
+    ``rasch_l2``, pre-weighted; AKT uses 1e-5; 0 = off, the decoupled weight decay only)."""
 
     method = "akt"
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, layers: int = 1,
-                 heads: int = 4, rasch: bool = True, **kw):
+                 heads: int = 4, rasch: bool = True, mu_l2: float = 0.0, **kw):
         super().__init__(specs, task, d, **kw)
+        if not mu_l2 >= 0:
+            raise DsrsdError(f"mu_l2 must be >= 0, got {mu_l2}")
+        self.mu_l2 = float(mu_l2)
         dropout = kw.get("dropout", 0.1)
         self.encoders[self.modality] = KTAttentionEncoder(self.specs[0], d, dropout, layers,
                                                           heads, rasch, project=False)
@@ -99,7 +105,14 @@ class AKT(HistoryOnly):
     def forward(self, batch: Batch) -> Output:
         h, item = self.encoders[self.modality].retrieve(self.history(batch))
         f = self.flatten_steps(torch.cat([h, item], -1), batch)
-        return Output(self.fill_missing(batch, self.predictor(f).squeeze(-1)))
+        aux = {}
+        if self.mu_l2 > 0 and torch.is_grad_enabled():
+            # AKT's penalty, added to the loss: under Adam a coupled L2 pulls the difficulty of a
+            # problem absent from the batch toward 0 at the full step size, which AdamW's
+            # decoupled weight decay (lr * wd per step) does not.
+            mu = self.encoders[self.modality].emb.mu.weight
+            aux["rasch_l2"] = self.mu_l2 * mu.float().pow(2).sum()
+        return Output(self.fill_missing(batch, self.predictor(f).squeeze(-1)), aux)
 
 
 __all__ = ["AKT", "DKT", "HistoryOnly", "kt_modality"]

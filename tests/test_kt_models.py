@@ -282,3 +282,27 @@ def test_decay_attention_is_softmax_with_a_distance_bias(strict):
     logits = logits.masked_fill(dist <= 0 if strict else dist < 0, float("-inf"))
     want = att.out((logits.softmax(-1) @ vh).transpose(1, 2).reshape(3, 5, 8))
     torch.testing.assert_close(got, want)
+
+
+def test_akt_mu_l2_is_akts_penalty_on_the_problem_difficulties(splits):
+    """``mu_l2`` adds ``mu_l2 * sum(mu_q^2)`` to the loss (term rasch_l2); off by default; the
+    term's gradient on a problem absent from the batch is ``2 * mu_l2 * mu_q``."""
+    off = built(("akt", {}, "gru"), splits)
+    batch = splits.train.batch(torch.arange(8))
+    with torch.enable_grad():
+        assert "rasch_l2" not in off.train()(batch).aux
+    config = cfg("akt", {"mu_l2": 1e-3})
+    torch.manual_seed(0)
+    model = build_model(config, splits.train.specs, splits.train.task, splits.train)
+    mu = model.encoders[model.modality].emb.mu.weight
+    with torch.no_grad():
+        mu.normal_()
+    term = model.train()(batch).aux["rasch_l2"]
+    torch.testing.assert_close(term, 1e-3 * mu.detach().pow(2).sum())
+    term.backward()
+    torch.testing.assert_close(mu.grad, 2e-3 * mu.detach())
+    rec = fit(config, splits=splits, progress=False)
+    assert rec["history"][-1]["weighted"]["rasch_l2"] > 0
+    with pytest.raises(DsrsdError, match="mu_l2"):
+        build_model(cfg("akt", {"mu_l2": -1.0}), splits.train.specs, splits.train.task,
+                    splits.train)
