@@ -104,10 +104,17 @@ def neural_detector(splits: Splits, method: str, args) -> dict:
 
 def verdict(folds: dict, neural: dict, tol: float = TOLERANCE) -> str:
     """One line: no leak when every merged AUC lies within ``tol`` of 0.5, else the offenders;
-    also whether the unmerged control fired (if not, the detector proved nothing)."""
-    merged = {f"logistic regression fold {k}": v["merged"]["auc"] for k, v in folds.items()}
-    merged.update({f"{m} fold {neural['fold']}": v["auc"] for m, v in neural["methods"].items()})
+    which 95% intervals exclude 0.5 (about 1 in 20 by chance: reported, not judged); whether
+    the unmerged control fired (if not, the detector proved nothing)."""
+    res = {f"logistic regression fold {k}": v["merged"] for k, v in folds.items()}
+    res.update({f"{m} fold {neural['fold']}": v for m, v in neural["methods"].items()})
+    merged = {name: r["auc"] for name, r in res.items()}
     bad = [f"{name} {auc:.4f}" for name, auc in merged.items() if abs(auc - 0.5) > tol]
+    # at the 95% level about 1 in 20 intervals misses 0.5 by chance alone: said, not judged
+    off = [f"{name} [{r['lo']:.4f}, {r['hi']:.4f}]" for name, r in res.items()
+           if "lo" in r and not r["lo"] <= 0.5 <= r["hi"]]
+    chance = (f"{len(off)} of {len(res)} 95% intervals exclude 0.5 ({0.05 * len(res):.2f} "
+              f"expected by chance){': ' + ', '.join(off) if off else ''}")
     ctrl = [v["unmerged"]["auc"] for v in folds.values()]
     control = (f"the unmerged control leaks on every fold (AUC {min(ctrl):.4f}-{max(ctrl):.4f})"
                if min(ctrl) > 0.5 + tol else
@@ -116,7 +123,7 @@ def verdict(folds: dict, neural: dict, tol: float = TOLERANCE) -> str:
     lo, hi = min(merged.values()), max(merged.values())
     head = (f"no leak: every merged AUC within {tol} of 0.5 ({len(merged)} AUCs, {lo:.4f}-{hi:.4f})"
             if not bad else f"LEAK: merged AUC further than {tol} from 0.5: {', '.join(bad)}")
-    return f"{head}; {control}"
+    return f"{head}; {chance}; {control}"
 
 
 def detect(args) -> dict:

@@ -65,9 +65,10 @@ def test_merged_at_chance_unmerged_leaks(record):
 
 
 def test_verdict_names_the_offender(script):
-    folds = {"1": {"merged": {"auc": 0.501}, "unmerged": {"auc": 0.62}}}
-    v = script.verdict(folds, {"fold": 1, "methods": {"akt": {"auc": 0.71}}})
+    folds = {"1": {"merged": {"auc": 0.501, "lo": 0.49, "hi": 0.51}, "unmerged": {"auc": 0.62}}}
+    v = script.verdict(folds, {"fold": 1, "methods": {"akt": {"auc": 0.71, "lo": 0.7, "hi": 0.72}}})
     assert v.startswith("LEAK") and "akt fold 1 0.7100" in v
+    assert "1 of 2 95% intervals exclude 0.5" in v and "akt fold 1 [0.7000, 0.7200]" in v
     v = script.verdict({"1": {"merged": {"auc": 0.5}, "unmerged": {"auc": 0.51}}},
                        {"fold": 1, "methods": {}})
     assert v.startswith("no leak") and "WARNING" in v
