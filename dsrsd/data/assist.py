@@ -76,7 +76,6 @@ SHA256 = {
     "user.json": "fbe90e77b63882f125f6ce442e600e111dfbaa7e49b8d6213c96c52d2169f168",
 }
 REQUIRED = [*FOLD_FILES, "skill.json"]  # problems.json and user.json are not used
-REQUIRED = [*FOLD_FILES, "skill.json"]  # problems.json and user.json are not used
 
 
 def _from_akt(folder: Path, verify: bool) -> tuple[dict, list[str]]:
