@@ -215,20 +215,32 @@ def noise_band(d_boot: np.ndarray, d_seeds: Sequence[float], z: float = 1.96) ->
     return float(z * se)
 
 
+def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` row weights of ``n_boot`` bootstrap resamples of ``n`` rows (multinomial
+    counts / n): a resample's weighted mean is its mean."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+
+
+def _weighted_covariances(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``[n_boot, k, k]`` covariances of ``x`` [n, k] under each row weighting of ``w``, all in
+    one matrix product (no resampled copies of ``x``)."""
+    n, k = x.shape
+    mu = w @ x
+    cov = (w @ (x[:, :, None] * x[:, None, :]).reshape(n, -1)).reshape(len(w), k, k)
+    cov -= mu[:, :, None] * mu[:, None, :]
+    return cov
+
+
 def bootstrap_effective_rank(z: Sequence[np.ndarray], n_boot: int = 100, seed: int = 0) -> np.ndarray:
     """``[n_boot]`` effective ranks (:func:`effective_rank`, mean over the matrices of ``z``, one
     per modality, rows aligned) on resamples of the rows; the same ``seed`` gives the same
     resamples for every run, so differences between runs are paired. Each resample's covariance
     comes from multinomial row weights in one matrix product."""
     n = len(z[0])
-    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+    w = _resample_weights(n, n_boot, seed)
     ranks = []
     for zm in z:
-        x = np.asarray(zm, dtype=np.float64)
-        mu = w @ x
-        cov = (w @ (x[:, :, None] * x[:, None, :]).reshape(n, -1)).reshape(n_boot, x.shape[1], -1)
-        cov -= mu[:, :, None] * mu[:, None, :]
-        ev = np.clip(np.linalg.eigvalsh(cov), 0, None)
+        ev = np.clip(np.linalg.eigvalsh(_weighted_covariances(np.asarray(zm, np.float64), w)), 0, None)
         p = ev / ev.sum(1, keepdims=True)
         ranks.append(np.exp(-(p * np.log(np.where(p > 0, p, 1.0))).sum(1)))
     return np.mean(ranks, 0)
@@ -244,16 +256,14 @@ def bootstrap_offdiag_mass(z: Sequence[np.ndarray], n_boot: int = 1000, seed: in
         raise ValueError(f"bootstrap_offdiag_mass: need n_boot >= 1 and >= 1 matrix, got "
                          f"n_boot={n_boot}, {len(z)} matrices")
     n = len(z[0])
-    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+    w = _resample_weights(n, n_boot, seed)
     masses = []
     for zm in z:
         x = np.asarray(zm, dtype=np.float64)
         if x.ndim != 2 or len(x) != n:
             raise ValueError(f"bootstrap_offdiag_mass: every matrix needs {n} rows, got {x.shape}")
-        x = x - x.mean(0)  # centring first keeps E[x x'] - mu mu' free of cancellation
-        mu = w @ x
-        cov = (w @ (x[:, :, None] * x[:, None, :]).reshape(n, -1)).reshape(n_boot, x.shape[1], -1)
-        cov -= mu[:, :, None] * mu[:, None, :]
+        # centring first keeps E[x x'] - mu mu' free of cancellation
+        cov = _weighted_covariances(x - x.mean(0), w)
         sd = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
         with np.errstate(invalid="ignore", divide="ignore"):
             c2 = np.nan_to_num(cov / (sd[:, :, None] * sd[:, None, :])) ** 2
