@@ -32,7 +32,9 @@ Grid JSON (every key but ``methods`` and ``datasets`` optional)::
                                     "group": "ablation", "note": "why this variant"}}}
 
 ``group`` (grid or variant: ``main`` by default, ``ablation``, ``selection``, ``reference``) and
-the grid's ``name`` go into every record of the run.
+the grid's ``name`` go into every record of the run, and so does a variant's ``chosen_by``
+(``{"experiment": "oulad_select", "split": "val"}``: the search that chose it and the split it
+chose on; :class:`ChosenBy`).
 
 ``max_train`` (dataset level) trains on a seeded random subsample of that many training samples
 (validation and test stay whole); it is kept in the record's ``data_params`` and so in its hash.
@@ -113,6 +115,20 @@ class GridVariant(TypedDict, total=False):
     method_params: dict
     group: str
     note: str
+    chosen_by: dict
+
+
+class ChosenBy(TypedDict, total=False):
+    """``variants[label]["chosen_by"]``: the search that chose this configuration and the split
+    it chose on (``val``: each seed's validation split; ``inner``: an inner split of the
+    training students; ``valid_k``: per fold on its own validation file). Absent: not searched
+    (package defaults, a trial, or one change from a reference)."""
+
+    experiment: str
+    split: str
+
+
+SELECTION_SPLITS = ("val", "inner", "valid_k")
 
 
 class Grid(TypedDict, total=False):
@@ -198,6 +214,12 @@ def check_grid(g: object, where: str = "grid") -> dict:
                       {"choices": GROUPS})
         config(f"variant {label!r} config", var.get("config", {}))
         v.check_weights(var.get("weights", {}))
+        if "chosen_by" in var:
+            keys(f"variant {label!r} chosen_by", var["chosen_by"], ChosenBy, ("experiment", "split"))
+            v.check_name(f"{where}: variant {label!r} chosen_by experiment",
+                         var["chosen_by"]["experiment"])
+            v.check_value(f"{where}: variant {label!r} chosen_by split", var["chosen_by"]["split"],
+                          str, {"choices": SELECTION_SPLITS})
     mps = g.get("method_params", {})
     v.check_keys(f"{where}: method_params", mps, dict.fromkeys(mps, dict))
     settings = set()
@@ -266,6 +288,8 @@ def expand(grid: dict, epochs: int | None = None, quick: bool = False,
                            + f"-s{seed}")
                     run = {"config": cfgd, "variant": label, "setting": setting,
                            "group": var.get("group", grid.get("group", "main"))}
+                    if "chosen_by" in var:
+                        run["chosen_by"] = dict(var["chosen_by"])
                     if grid.get("name"):
                         run["experiment"] = grid["name"]
                     try:
@@ -319,7 +343,7 @@ def execute_run(run: dict, out: str | Path) -> dict:
     splits = load_dataset(cfg.dataset, seed=cfg.seed, **cfg.data_params)
     labels = {"variant": run.get("variant", cfg.method),
               "setting": run.get("setting", cfg.dataset), "run_id": run["run_id"],
-              **{k: run[k] for k in ("group", "experiment") if k in run}}
+              **{k: run[k] for k in ("group", "experiment", "chosen_by") if k in run}}
     # resume=True continues a run killed mid-way from its last.pt (same config hash only)
     rec = fit(cfg, splits=splits, out=run_dir, resume=True, progress=False, labels=labels)
     rec.pop("model")

@@ -11,6 +11,7 @@ test time) and ``errors.csv`` (failed runs, from ``error.json``). The statistics
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -23,8 +24,8 @@ from dsrsd import stats
 from dsrsd.errors import DsrsdError
 
 REFS = ("dsrsd", "dsrsd_pw")
-ID_COLS = ["run_id", "method", "variant", "dataset", "setting", "group", "experiment", "seed",
-           "fold", "unit"]
+ID_COLS = ["run_id", "method", "variant", "dataset", "setting", "group", "experiment",
+           "chosen_by", "chosen_on", "seed", "fold", "unit"]
 # What a run is for (``dsrsd.sweep`` writes it into the record): headline comparison, ablation,
 # configuration search, or reference point. Only "main" runs enter the headline tables.
 GROUPS = ("main", "ablation", "selection", "reference")
@@ -53,6 +54,25 @@ def _variant(method: str, params: dict) -> str:
     return method + "[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"
 
 
+@functools.cache
+def _experiment_variants(name: str) -> dict:
+    """The ``variants`` of ``experiments/<name>.json`` ({} when there is no such file)."""
+    from dsrsd.sweep import experiments
+    path = experiments().get(name)
+    return json.loads(path.read_text(encoding="utf-8")).get("variants", {}) if path else {}
+
+
+def chosen_by(rec: dict) -> dict | None:
+    """Which search chose the record's configuration, and on which split: the record's own
+    ``chosen_by`` (sweeps write it since it exists), else its experiment file's variant entry
+    (for older records), else None (not searched: defaults, a trial, or an ablation)."""
+    if rec.get("chosen_by"):
+        return rec["chosen_by"]
+    if not rec.get("experiment") or not rec.get("variant"):
+        return None
+    return _experiment_variants(rec["experiment"]).get(rec["variant"], {}).get("chosen_by")
+
+
 def record_row(rec: dict, run_id: str = "") -> dict:
     """One flat row of ``records.csv`` from a record: labels, provenance, metrics, robustness."""
     cfg = rec.get("config", {})
@@ -66,6 +86,8 @@ def record_row(rec: dict, run_id: str = "") -> dict:
     row = {"run_id": run_id, "method": rec["method"], "variant": variant,
            "dataset": rec["dataset"], "setting": rec.get("setting") or rec["dataset"],
            "group": group_of(variant, rec.get("group")), "experiment": rec.get("experiment"),
+           "chosen_by": (chosen_by(rec) or {}).get("experiment"),
+           "chosen_on": (chosen_by(rec) or {}).get("split"),
            "seed": seed, "fold": fold,
            "unit": f"f{fold}-s{seed}" if fold is not None else f"s{seed}",
            "data_params": json.dumps({k: v for k, v in dp.items() if k != "fold"}, sort_keys=True),
@@ -119,6 +141,11 @@ def _check_record(rec: object, f: Path) -> dict:
     for key in ("variant", "setting", "group", "experiment"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
             raise DsrsdError(f"bad record {f}: {key!r} is not a string")
+    if rec.get("chosen_by") is not None and not (
+            isinstance(rec["chosen_by"], dict)
+            and all(isinstance(rec["chosen_by"].get(k), str) for k in ("experiment", "split"))):
+        raise DsrsdError(f"bad record {f}: 'chosen_by' is not an object with string "
+                         "'experiment' and 'split'")
     if rec.get("group") is not None and rec["group"] not in GROUPS:
         raise DsrsdError(f"bad record {f}: group {rec['group']!r} is not one of {', '.join(GROUPS)}")
     return rec

@@ -108,3 +108,49 @@ def test_records_carry_group_and_experiment(tmp_path):
     assert s["ok"] == 1
     rec = json.loads(next(Path(tmp_path).glob("*/metrics.json")).read_text())
     assert (rec["group"], rec["experiment"]) == ("main", "smoke")
+
+
+def test_records_say_which_search_chose_them(tmp_path):
+    from dsrsd import tables
+    g = json.loads((sw.EXPERIMENTS_DIR / "smoke.json").read_text())
+    g["methods"] = ["early"]
+    g["variants"] = {"early": {"method": "early",
+                               "chosen_by": {"experiment": "oulad_select", "split": "val"}}}
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps(g))
+    runs = sw.expand(sw.load_grid(str(p)), device="cpu")[:1]
+    assert sw.sweep(runs, tmp_path / "runs", progress=False, executor="direct")["ok"] == 1
+    rec = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
+    assert rec["chosen_by"] == {"experiment": "oulad_select", "split": "val"}
+    row = tables.load_records(tmp_path / "runs").iloc[0]
+    assert (row["chosen_by"], row["chosen_on"]) == ("oulad_select", "val")
+    # a record written before the field existed reads it from its experiment's file
+    old = {"experiment": "assist_full", "variant": "dkt_tuned"}
+    assert tables.chosen_by(old) == {"experiment": "assist_kt_select", "split": "inner"}
+    assert tables.chosen_by({"experiment": "assist_full", "variant": "late"}) is None
+
+
+@pytest.mark.parametrize("chosen, match", [
+    ({"experiment": "oulad_select", "split": "test"}, "chosen_by split must be one of val"),
+    ({"experiment": "oulad_select"}, "needs a non-empty 'split'"),
+    ("oulad_select", "chosen_by"),
+])
+def test_bad_chosen_by_is_a_one_line_error(tmp_path, chosen, match):
+    g = json.loads((sw.EXPERIMENTS_DIR / "smoke.json").read_text())
+    g["variants"] = {"early": {"method": "early", "chosen_by": chosen}}
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps(g))
+    with pytest.raises(DsrsdError, match=match) as e:
+        sw.load_grid(str(p))
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_every_chosen_configuration_names_a_selection_experiment():
+    """Each ``chosen_by`` names an experiment file whose records are a search (group
+    selection) or, for the earlier weights, the ablation that chose them on validation."""
+    for p in sorted(sw.EXPERIMENTS_DIR.glob("*.json")):
+        for label, var in json.loads(p.read_text()).get("variants", {}).items():
+            if "chosen_by" in var:
+                src = var["chosen_by"]["experiment"]
+                assert src in sw.PRESETS, (p.stem, label)
+                assert src != p.stem, (p.stem, label)

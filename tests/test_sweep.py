@@ -160,7 +160,8 @@ def test_rerun_committed_record_quick(tmp_path, monkeypatch):
     cfg = {**rec["config"], "epochs": 1, "device": "cpu",
            "data_params": {**rec["config"]["data_params"], "max_train": 300}}
     run = {"run_id": "quick", "config": cfg, "hash": None, "variant": rec["variant"],
-           "setting": rec["setting"]}
+           "setting": rec["setting"],
+           **{k: rec[k] for k in ("group", "experiment", "chosen_by") if k in rec}}
     status = sw.run_one(run, str(tmp_path / "runs"))
     assert status["status"] == "ok", status
     new = json.loads((tmp_path / "runs" / "quick" / "metrics.json").read_text())
