@@ -82,10 +82,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "clear_dynamic_dsrsd": ("clear", {"mode": "dynamic", "base": "dsrsd", "k": 4}),
 }
 
-# name -> (experiment file, variant): the configuration a committed result used, its
-# method_params *and* loss weights read from the grid file, so the cost table measures it.
-EXPERIMENT_VARIANTS = {"dsrsd_oulad": ("oulad_full", "dsrsd"),
-                       "dsrsd_assist": ("assist_full", "dsrsd")}
+# name -> (experiment file, variant, extra method_params): the configuration a committed
+# result used, its method_params *and* loss weights read from the grid file, so the cost table
+# measures it; ``_skip``: the same with skip_unweighted, which trains the same weights bit for
+# bit (terms weighed 0 are not computed, nor logged).
+EXPERIMENT_VARIANTS = {"dsrsd_oulad": ("oulad_full", "dsrsd", {}),
+                       "dsrsd_assist": ("assist_full", "dsrsd", {}),
+                       "dsrsd_oulad_skip": ("oulad_full", "dsrsd", {"skip_unweighted": True}),
+                       "dsrsd_assist_skip": ("assist_full", "dsrsd", {"skip_unweighted": True})}
 
 
 def variant_config(name: str) -> tuple[str, dict, dict | None]:
@@ -93,11 +97,12 @@ def variant_config(name: str) -> tuple[str, dict, dict | None]:
     defaults (:data:`VARIANTS`), else the experiment's (:data:`EXPERIMENT_VARIANTS`)."""
     if name in VARIANTS:
         return (*VARIANTS[name], None)
-    name_, label = EXPERIMENT_VARIANTS[name]
+    name_, label, extra = EXPERIMENT_VARIANTS[name]
     grid = json.loads((ROOT / "experiments" / f"{name_}.json").read_text())
     var = grid.get("variants", {}).get(label, {})
     # Merged as dsrsd.sweep merges them (grid level, then the variant).
-    params = {**grid.get("method_params", {}).get(label, {}), **var.get("method_params", {})}
+    params = {**grid.get("method_params", {}).get(label, {}), **var.get("method_params", {}),
+              **extra}
     return (var.get("method", label), params,
             {**grid.get("weights", {}), **var.get("weights", {})})
 
