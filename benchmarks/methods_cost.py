@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = {"fusion": "blocks", "orthogonality": "xcorr", "contrastive": "masked",
         "task_reads": "streams"}
 
-# name -> (registry method, method_params)
+# name -> (registry method, method_params); the loss weights are TrainConfig's defaults.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "early": ("early", {}),
     "unimodal": ("unimodal", {}),
@@ -82,12 +82,39 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "clear_dynamic_dsrsd": ("clear", {"mode": "dynamic", "base": "dsrsd", "k": 4}),
 }
 
+# name -> (experiment file, variant, extra method_params): the configuration a committed
+# result used, its method_params *and* loss weights read from the grid file, so the cost table
+# measures it; ``_skip``: the same with skip_unweighted, which trains the same weights bit for
+# bit (terms weighed 0 are not computed, nor logged).
+EXPERIMENT_VARIANTS = {"dsrsd_oulad": ("oulad_full", "dsrsd", {}),
+                       "dsrsd_assist": ("assist_full", "dsrsd", {}),
+                       "dsrsd_oulad_skip": ("oulad_full", "dsrsd", {"skip_unweighted": True}),
+                       "dsrsd_assist_skip": ("assist_full", "dsrsd", {"skip_unweighted": True})}
+
+
+def variant_config(name: str) -> tuple[str, dict, dict | None]:
+    """``(registry method, method_params, loss weights)`` of a variant; weights ``None``: the
+    defaults (:data:`VARIANTS`), else the experiment's (:data:`EXPERIMENT_VARIANTS`)."""
+    if name in VARIANTS:
+        return (*VARIANTS[name], None)
+    name_, label, extra = EXPERIMENT_VARIANTS[name]
+    grid = json.loads((ROOT / "experiments" / f"{name_}.json").read_text())
+    var = grid.get("variants", {}).get(label, {})
+    # Merged as dsrsd.sweep merges them (grid level, then the variant).
+    params = {**grid.get("method_params", {}).get(label, {}), **var.get("method_params", {}),
+              **extra}
+    return (var.get("method", label), params,
+            {**grid.get("weights", {}), **var.get("weights", {})})
+
+
+KNOWN = [*VARIANTS, *EXPERIMENT_VARIANTS]
+
 # dataset -> (default sizes BATCHxD, loader parameters)
 DATASETS = {"synthetic": ("256x64,1024x128", {}),
             "oulad": ("512x64", {"cutoff": 0.5, "label": "binary", "split": "temporal"}),
             "assist2009": ("32x64", {"fold": 1})}
 
-FIELDS = ["dataset", "method", "registry_method", "method_params", "device", "batch", "d",
+FIELDS = ["dataset", "method", "registry_method", "method_params", "weights", "device", "batch", "d",
           "n_params", "samples_per_s", "ratio_to_early", "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_min", "peak_mem_mb", "mem_measure",
           "epoch_hook_ms", "n_train", "torch_threads", "timing", "rounds", "steps_per_round"]
 
@@ -127,7 +154,7 @@ class Case:
         from dsrsd.step import make_optimizer, supervised_loss, train_step
         from dsrsd.train import resolve_device
 
-        method, params = VARIANTS[variant]
+        method, params, weights = variant_config(variant)
         self.variant, self.method, self.params = variant, method, params
         self.device = device = resolve_device(device_name)
         train = splits.train
@@ -135,6 +162,9 @@ class Case:
             raise SystemExit(f"{dataset}: {len(train)} training rows < batch {batch_size}")
         cfg = TrainConfig(method=method, method_params=dict(params), d=d,
                           batch_size=batch_size, device=device_name)
+        if weights is not None:  # the experiment's weights over the defaults, as the sweep does
+            cfg.weights = {**cfg.weights, **weights}
+        self.weights = cfg.weights
         self.model = build_model(cfg, train.specs, train.task, train)
         # The probe protocol's network pre-trains on its own loss; the others on the trainer's.
         self.net = self.model.net if isinstance(self.model, DirectFit) else self.model
@@ -276,7 +306,8 @@ def measure_group(args, ds: str, b: int, d: int, variants: list[str], env: dict)
             {"peak_mem_mb": float("nan"), "mem_measure": "-"}
         med = statistics.median(t)
         row = {"dataset": ds, "method": c.variant, "registry_method": c.method,
-               "method_params": json.dumps(c.params, sort_keys=True), "device": c.device.type,
+               "method_params": json.dumps(c.params, sort_keys=True),
+               "weights": json.dumps(c.weights, sort_keys=True), "device": c.device.type,
                "batch": b, "d": d, "n_params": count_parameters(c.net),
                "samples_per_s": round(1000 * b / med, 1), "ratio_to_early": ratio,
                "step_ms_median": round(med, 2), "step_ms_p25": round(q[0], 2),
@@ -308,7 +339,7 @@ def main(argv=None) -> int:
                     help="comma list; real ones are skipped (with a note) when not prepared")
     ap.add_argument("--sizes", default=None,
                     help="comma list of BATCHxD for every dataset (default: per dataset)")
-    ap.add_argument("--methods", default=",".join(VARIANTS), help="comma list of variants")
+    ap.add_argument("--methods", default=",".join(KNOWN), help="comma list of variants")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--number", type=int, default=2, help="steps per method per round")
     ap.add_argument("--warmup", type=int, default=3)
@@ -332,9 +363,9 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in KNOWN]
     if bad:
-        ap.error(f"unknown variant(s) {bad} (known: {', '.join(VARIANTS)})")
+        ap.error(f"unknown variant(s) {bad} (known: {', '.join(KNOWN)})")
     datasets = [x.strip() for x in args.datasets.split(",") if x.strip()]
     for ds in datasets:
         if ds not in DATASETS:

@@ -16,6 +16,10 @@ layer (:mod:`dsrsd.step`, :mod:`dsrsd.train`, :mod:`dsrsd.fitting`).
   (:func:`dsrsd.losses.total_objective`); ``info``: diagnostics, never trained on.
 * ``on_epoch_start(epoch, train, device)`` (optional, default: nothing): called before every
   training epoch, e.g. CLEAR's dynamic projection is re-estimated here.
+* ``set_term_weights(weights)`` (optional, default: nothing): the one train step's objective
+  (:func:`dsrsd.step.supervised_loss`) tells the method, before each forward, the weight it
+  gives each ``aux`` term, so a method may skip computing terms weighed 0 (DSRSD-Net's
+  ``skip_unweighted``).
 * ``batch_gather`` (declared attribute, ``None`` in one process): under ``torchrun`` the trainer
   sets it to a function gathering a tensor's rows from every rank, keeping the gradient
   (:func:`dsrsd.train.gather_rows`). A method whose loss terms are statistics of the batch
@@ -39,7 +43,7 @@ direct-fit method holds, if any (moved to the device and counted in ``n_params``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,6 +193,10 @@ class FusionModel(nn.Module):
 
     def on_epoch_start(self, epoch: int, train: MultimodalData, device: torch.device) -> None:
         """Called by the trainer before every training epoch; nothing by default."""
+
+    def set_term_weights(self, weights: Mapping[str, float]) -> None:
+        """The objective's weight of each ``Output.aux`` term (missing: 0), told by the train
+        step before each forward; nothing by default (every term is computed)."""
 
     def head_logits(self, head: nn.Module, f: Tensor) -> Tensor:
         out = head(f)

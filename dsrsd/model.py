@@ -46,7 +46,7 @@ Options beyond the book's configuration (issue 12; all [R], defaults unchanged):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import combinations
 
 import torch
@@ -64,6 +64,9 @@ ORTHOGONALITY = ("frobenius", "cos2", "xcorr", "cos2_window")
 CONTRASTIVE = ("clip", "masked", "pooled")
 TASK_READS = ("aligned", "streams")
 RECON_ROWS = ("all", "aux")
+# The auxiliary terms DSRSD-Net returns, and those that read the aligned stream z.
+AUX_TERMS = frozenset({"align_con", "align_reg", "decor", "orth", "recon", "modality_task"})
+Z_TERMS = frozenset({"align_con", "align_reg", "decor", "orth"})
 _HASH_SEED = 20251208
 
 
@@ -80,7 +83,12 @@ def input_keys(x: Tensor) -> Tensor:
     flat = flat.long()
     g = torch.Generator().manual_seed(_HASH_SEED)
     coef = torch.randint(1, 2**62, (flat.shape[1],), generator=g).to(flat.device)
-    return (flat * coef).sum(1)  # int64 arithmetic wraps: a hash modulo 2**64
+    # int64 arithmetic wraps: a hash modulo 2**64, the same in any summation order, so the
+    # CPU's integer matrix-vector product (one pass, ~10x faster than the product tensor and
+    # its sum) gives the same bits; CUDA has no int64 matmul.
+    if flat.device.type == "cpu":
+        return torch.mv(flat, coef)
+    return (flat * coef).sum(1)
 
 
 def _rows(mask: Tensor) -> tuple[int, Callable[[Tensor], Tensor]]:
@@ -122,6 +130,11 @@ class DSRSDNet(FusionModel):
             (ablation "no residual"): it reads ``h_m``, and only the losses separate the streams.
         align_head: ``True`` (default): ``z_m = s_m + A(s_m)``; ``False`` (ablation "no
             alignment head"): ``z_m = s_m``, the alignment terms act on the shared stream itself.
+        skip_unweighted: auxiliary terms the objective weighs 0 (:meth:`set_term_weights`)
+            are not computed, nor ``z`` when no computed term reads it (``task_reads="streams"``);
+            the auxiliary row sample is still drawn, so the random stream, the trained weights
+            and the test numbers are those of the default, bit for bit; only the unweighted
+            terms are missing from the logged losses (hence off by default). Speed only.
         batched_streams: compute the per-modality projections (adapters, back-projections,
             private MLPs, fusion scores) as batched matmuls over stacked weights, the adapter
             composed into the shared projector's first Linear, and the shared projector and
@@ -149,7 +162,7 @@ class DSRSDNet(FusionModel):
                  max_aux_rows: int = 1024, contrastive: str = "clip", task_reads: str = "aligned",
                  modality_task_weight: float = 0.0, recon_rows: str = "all",
                  batched_streams: bool = False, batched_aux: bool = False,
-                 residual: bool = True, align_head: bool = True):
+                 residual: bool = True, align_head: bool = True, skip_unweighted: bool = False):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
         if len(specs) < 2:
             raise DsrsdError(f"DSRSD-Net needs at least 2 modalities, got {len(specs)}")
@@ -179,6 +192,8 @@ class DSRSDNet(FusionModel):
         self.modality_task_weight, self.recon_rows = float(modality_task_weight), recon_rows
         self.batched_streams, self.batched_aux = bool(batched_streams), bool(batched_aux)
         self.residual, self.align_head = bool(residual), bool(align_head)
+        self.skip_unweighted = bool(skip_unweighted)
+        self.term_weights: dict[str, float] | None = None  # set_term_weights
 
         self.adapters = nn.ModuleList(nn.Linear(d, d) for _ in range(m))
         self.shared = mlp(d, d, k)
@@ -206,20 +221,25 @@ class DSRSDNet(FusionModel):
             self.modality_heads = nn.ModuleList(self.make_head(2 * k) for _ in range(m))
 
     # ------------------------------------------------------------------ streams
-    def streams(self, batch: Batch, aligned: bool = True) -> dict[str, Tensor | list[Tensor]]:
+    def streams(self, batch: Batch, aligned: bool = True,
+                need_z: bool = True) -> dict[str, Tensor | list[Tensor]]:
         """Shared ``s``, private ``p`` and aligned ``z`` per modality, plus ``present``
-        (``aligned=False``, batched path: ``z`` is None, computed later on the rows that need it)."""
+        (``aligned=False``, batched path: ``z`` is None, computed later on the rows that need it;
+        ``need_z=False``: ``z`` is None, not computed at all)."""
         hs, present = self.encode(batch)
         if self.batched_streams:
             s, p = self._streams_batched(hs)
-            z = self.aligned(s) if aligned else None
+            z = self.aligned(s) if aligned and need_z else None
             return {"h": hs, "s": s, "p": p, "z": z, "present": present}
         s = [self.shared(a(h)) for a, h in zip(self.adapters, hs, strict=False)]
         if self.residual:
             p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
         else:
             p = [f(h) for f, h in zip(self.private, hs, strict=False)]
-        z = [sm + self.align(sm) for sm in s] if self.align_head else list(s)
+        if not need_z:
+            z = None
+        else:
+            z = [sm + self.align(sm) for sm in s] if self.align_head else list(s)
         return {"h": hs, "s": s, "p": p, "z": z, "present": present}
 
     def aligned(self, s: list[Tensor]) -> list[Tensor]:
@@ -310,17 +330,22 @@ class DSRSDNet(FusionModel):
         return g * s_bar + (1 - g) * p_bar, alpha, g
 
     # ------------------------------------------------------------------ losses
-    def aux_losses(self, st: dict, batch: Batch) -> dict[str, Tensor]:
-        """Alignment (contrastive, regression), decorrelation, orthogonality, reconstruction."""
+    def aux_losses(self, st: dict, batch: Batch,
+                   want: frozenset[str] = AUX_TERMS) -> dict[str, Tensor]:
+        """Alignment (contrastive, regression), decorrelation, orthogonality, reconstruction
+        (the terms in ``want``)."""
         gather, pick, present, pres = self._aux_rows(st)
-        s, p, z = ([pick(t) for t in st[key]] for key in ("s", "p", "z"))
-        # Window ids (per-step tasks) and input keys, only for the forms that use them.
-        need_groups = self.per_step and (self.contrastive != "clip" or self.orthogonality_form
-                                         in ("xcorr", "cos2_window"))
+        s, p = ([pick(t) for t in st[key]] for key in ("s", "p"))
+        z = None if st["z"] is None else [pick(t) for t in st["z"]]
+        # Window ids (per-step tasks) and input keys, only for the forms (and terms) that use them.
+        con_on, reg_on, dec_on, orth_on = (t in want for t in ("align_con", "align_reg", "decor",
+                                                                "orth"))
+        need_groups = self.per_step and ((con_on and self.contrastive != "clip") or (
+            orth_on and self.orthogonality_form in ("xcorr", "cos2_window")))
         grp = pick(self._row_groups(batch, present.shape[0])) if need_groups else None
         keys = ([None if k is None else pick(k) for k in self._input_keys(batch)]
-                if self.contrastive == "masked" else None)
-        zero = z[0].new_zeros(()).float()
+                if con_on and self.contrastive == "masked" else None)
+        zero = s[0].new_zeros(()).float()
         con, reg, dec, orth, n_pairs, n_mod = zero, zero, zero, zero, 0, 0
         reg_fn = losses.regression_mse if self.regression == "mse" else losses.regression_cosine
         form = self.orthogonality_form
@@ -330,12 +355,15 @@ class DSRSDNet(FusionModel):
         else:
             ortho = (losses.orthogonality_xcorr if form == "xcorr"
                      else losses.orthogonality_cos2_grouped)
-        for a, b in combinations(range(len(z)), 2):
+        barlow = dec_on and self.decorrelation_form == "barlow"
+        for a, b in combinations(range(len(s)), 2) if con_on or reg_on or barlow else ():
             n, sel = _rows(pres[:, a] & pres[:, b])
             if n < 2:
                 continue
             za, zb = sel(z[a]), sel(z[b])
-            if self.contrastive == "clip":
+            if not con_on:
+                pass
+            elif self.contrastive == "clip":
                 con = con + losses.info_nce(za, zb, self.temperature)
             elif self.contrastive == "pooled":
                 con = con + losses.info_nce_pooled(za, zb, self.temperature,
@@ -343,26 +371,29 @@ class DSRSDNet(FusionModel):
             else:
                 ks = [sel(t) for t in (grp, keys[a], keys[b]) if t is not None]
                 con = con + losses.info_nce_masked(za, zb, self.temperature, ks)
-            reg = reg + reg_fn(za, zb)
-            if self.decorrelation_form == "barlow":
+            if reg_on:
+                reg = reg + reg_fn(za, zb)
+            if barlow:
                 dec = dec + losses.barlow_twins(za, zb)
             n_pairs += 1
-        for m in range(len(z)):
+        vicreg = dec_on and self.decorrelation_form == "vicreg"
+        for m in range(len(s)) if vicreg or orth_on else ():
             n, sel = _rows(pres[:, m])
             if n < 2:
                 continue
-            zm, sm, pm = sel(z[m]), sel(s[m]), sel(p[m])
-            gm = None if grp is None else sel(grp)
-            if self.decorrelation_form == "vicreg":
+            zm, pm, gm = sel(z[m]), sel(p[m]), None if grp is None else sel(grp)
+            if vicreg:
                 dec = dec + losses.decorrelation(zm)
             # Private is kept orthogonal to the shared stream before and after the alignment head:
             # either alone left shared factors readable from p (chapter 2 probes).
-            orth = orth + 0.5 * (ortho(zm, pm, gm) + ortho(sm, pm, gm))
+            if orth_on:
+                orth = orth + 0.5 * (ortho(zm, pm, gm) + ortho(sel(s[m]), pm, gm))
             n_mod += 1
         dec_n = n_pairs if self.decorrelation_form == "barlow" else n_mod
         out = {"align_con": con / max(n_pairs, 1), "align_reg": reg / max(n_pairs, 1),
                "decor": dec / max(dec_n, 1), "orth": orth / max(n_mod, 1)}
-        if self.recon_dims:
+        out = {k: v for k, v in out.items() if k in want}
+        if self.recon_dims and "recon" in want:
             rec, n_rec = zero, 0
             sub = self.recon_rows == "aux"
             for m, spec in enumerate(self.specs):
@@ -395,57 +426,75 @@ class DSRSDNet(FusionModel):
 
         return gather, pick, present, present if rows is None else present[rows]
 
-    def _aux_batched(self, st: dict, batch: Batch) -> dict[str, Tensor]:
+    def _aux_batched(self, st: dict, batch: Batch,
+                     want: frozenset[str] = AUX_TERMS) -> dict[str, Tensor]:
         """:meth:`aux_losses` with every modality pair (and modality) in one call on stacked
         ``[P, n, k]`` rows and masks of the present rows, not copies (``batched_aux=True``);
         ``z`` is computed here, on the sampled rows, when the forward did not need it."""
         gather, pick, present, pres = self._aux_rows(st)
         pres = pres.T  # [M, n]
         s, p = (torch.stack([pick(t) for t in st[key]]) for key in ("s", "p"))
-        z = torch.stack(self.aligned(list(s)) if st["z"] is None else [pick(t) for t in st["z"]])
-        need_groups = self.per_step and (self.contrastive != "clip" or self.orthogonality_form
-                                         in ("xcorr", "cos2_window"))
-        grp = pick(self._row_groups(batch, present.shape[0])) if need_groups else None
-        ia, ib = (torch.tensor(i, device=z.device)
-                  for i in zip(*combinations(range(len(s)), 2), strict=True))
-        pair = pres[ia] & pres[ib]
-        same = None
-        if self.contrastive == "masked":  # one comparison per key, shared by the pairs
-
-            def equal(k: Tensor) -> Tensor:
-                return k[:, None] == k[None, :]
-
-            none = pres.new_zeros(pres.shape[1], pres.shape[1])
-            eq = torch.stack([none if k is None else equal(pick(k))
-                              for k in self._input_keys(batch)])
-            same = eq[ia] | eq[ib] | (none if grp is None else equal(grp))
-        za, zb = z[ia], z[ib]
-        con = losses.info_nce_pairs(za, zb, pair, self.temperature, same)
-        reg = ((za.float() - zb.float()).pow(2).sum(-1) if self.regression == "mse"
-               else 1 - F.cosine_similarity(za.float(), zb.float(), dim=-1))
-        reg = losses.masked_row_mean(reg, pair)
-        ok_pair, ok_mod = pair.sum(1) >= 2, pres.sum(1) >= 2
-        dec = losses.decorrelation_rows(z, pres)
-        form = self.orthogonality_form
-        if form == "xcorr":  # [z; s] against p: both of the reference's terms in one product
-            orth = losses.orthogonality_xcorr_rows(torch.cat([z, s], 2), p, pres, grp)
-        else:
-            fn = {"frobenius": lambda a, b: losses.orthogonality_rows(a, b, pres),
-                  "cos2": lambda a, b: losses.orthogonality_cos2_rows(a, b, pres),
-                  "cos2_window": lambda a, b: losses.orthogonality_cos2_rows(a, b, pres, grp)}[form]
-            orth = 0.5 * (fn(z, p) + fn(s, p))
-
-        def mean(x: Tensor, ok: Tensor) -> Tensor:
-            return (x * ok).sum() / ok.sum().clamp_min(1)
-
-        out = {"align_con": mean(con, ok_pair), "align_reg": mean(reg, ok_pair),
-               "decor": mean(dec, ok_mod), "orth": mean(orth, ok_mod)}
-        if self.recon_dims:
+        out: dict[str, Tensor] = {}
+        if want & Z_TERMS:
+            out.update(self._aux_z_terms(st, batch, want, pick, present, pres, s, p))
+        if self.recon_dims and "recon" in want:
             if self.recon_rows == "aux":
                 out["recon"] = self._recon_masked(batch, pick, pres, list((s + p).unbind(0)))
             else:
                 sp = [gather(a + b) for a, b in zip(st["s"], st["p"], strict=True)]
                 out["recon"] = self._recon_masked(batch, gather, present.T, sp)
+        return out
+
+    def _aux_z_terms(self, st: dict, batch: Batch, want: frozenset[str],
+                     pick: Callable[[Tensor], Tensor], present: Tensor, pres: Tensor, s: Tensor,
+                     p: Tensor) -> dict[str, Tensor]:
+        """The alignment, decorrelation and orthogonality terms of :meth:`_aux_batched` (those
+        in ``want``) on the sampled rows: ``pres`` ``[M, n]``, ``s`` and ``p`` ``[M, n, k]``."""
+        z = torch.stack(self.aligned(list(s)) if st["z"] is None else [pick(t) for t in st["z"]])
+        con_on, orth_on = "align_con" in want, "orth" in want
+        need_groups = self.per_step and ((con_on and self.contrastive != "clip") or (
+            orth_on and self.orthogonality_form in ("xcorr", "cos2_window")))
+        grp = pick(self._row_groups(batch, present.shape[0])) if need_groups else None
+        ia, ib = (torch.tensor(i, device=z.device)
+                  for i in zip(*combinations(range(len(s)), 2), strict=True))
+        pair = pres[ia] & pres[ib]
+        ok_pair, ok_mod = pair.sum(1) >= 2, pres.sum(1) >= 2
+
+        def mean(x: Tensor, ok: Tensor) -> Tensor:
+            return (x * ok).sum() / ok.sum().clamp_min(1)
+
+        out = {}
+        za, zb = z[ia], z[ib]
+        if con_on:
+            same = None
+            if self.contrastive == "masked":  # one comparison per key, shared by the pairs
+
+                def equal(k: Tensor) -> Tensor:
+                    return k[:, None] == k[None, :]
+
+                none = pres.new_zeros(pres.shape[1], pres.shape[1])
+                eq = torch.stack([none if k is None else equal(pick(k))
+                                  for k in self._input_keys(batch)])
+                same = eq[ia] | eq[ib] | (none if grp is None else equal(grp))
+            out["align_con"] = mean(losses.info_nce_pairs(za, zb, pair, self.temperature, same),
+                                    ok_pair)
+        if "align_reg" in want:
+            reg = ((za.float() - zb.float()).pow(2).sum(-1) if self.regression == "mse"
+                   else 1 - F.cosine_similarity(za.float(), zb.float(), dim=-1))
+            out["align_reg"] = mean(losses.masked_row_mean(reg, pair), ok_pair)
+        if "decor" in want:
+            out["decor"] = mean(losses.decorrelation_rows(z, pres), ok_mod)
+        if orth_on:
+            form = self.orthogonality_form
+            if form == "xcorr":  # [z; s] against p: both of the reference's terms in one product
+                orth = losses.orthogonality_xcorr_rows(torch.cat([z, s], 2), p, pres, grp)
+            else:
+                fn = {"frobenius": lambda a, b: losses.orthogonality_rows(a, b, pres),
+                      "cos2": lambda a, b: losses.orthogonality_cos2_rows(a, b, pres),
+                      "cos2_window": lambda a, b: losses.orthogonality_cos2_rows(a, b, pres,
+                                                                                 grp)}[form]
+                orth = 0.5 * (fn(z, p) + fn(s, p))
+            out["orth"] = mean(orth, ok_mod)
         return out
 
     def _recon_masked(self, batch: Batch, fetch: Callable[[Tensor], Tensor], pres: Tensor,
@@ -494,7 +543,7 @@ class DSRSDNet(FusionModel):
     def modality_task(self, st: dict, batch: Batch) -> Tensor:
         """Mean over modalities of the task loss of a head reading ``[z_m; p_m]`` (present rows)."""
         y = flat_targets(batch)
-        total, n_mod = st["z"][0].new_zeros(()).float(), 0
+        total, n_mod = st["s"][0].new_zeros(()).float(), 0
         for m, head in enumerate(self.modality_heads):
             n, sel = _rows(st["present"][:, m])
             if n == 0:
@@ -514,16 +563,32 @@ class DSRSDNet(FusionModel):
         return (x * w).sum(1) / w.sum(1).clamp_min(1)
 
     # ------------------------------------------------------------------ forward
+    def set_term_weights(self, weights: Mapping[str, float]) -> None:
+        """Keep the objective's weights: with ``skip_unweighted`` the terms weighed 0 are skipped."""
+        self.term_weights = dict(weights)
+
+    def computed_terms(self) -> frozenset[str]:
+        """The auxiliary terms the forward computes: all, but with ``skip_unweighted`` (and
+        weights told) only those the objective weighs."""
+        if not self.skip_unweighted or self.term_weights is None:
+            return AUX_TERMS
+        return frozenset(t for t in AUX_TERMS if self.term_weights.get(t, 0.0))
+
     def forward(self, batch: Batch) -> Output:
+        with_aux = self.training or torch.is_grad_enabled()
+        want = self.computed_terms() if with_aux else frozenset()
         lazy_z = self.batched_aux and self.task_reads == "streams"  # z only on the aux rows
-        st = self.streams(batch, aligned=not lazy_z)
+        need_z = self.task_reads == "aligned" or not self.skip_unweighted or bool(want & Z_TERMS)
+        st = self.streams(batch, aligned=not lazy_z, need_z=need_z)
         reads = st["s"] if self.task_reads == "streams" else st["z"]
         f, alpha, g = self.fuse(st["s"], st["p"], reads, st["present"])
         logits = self.head_logits(self.head, f)
         aux = {}
-        if self.training or torch.is_grad_enabled():
-            aux = (self._aux_batched if self.batched_aux else self.aux_losses)(st, batch)
-        if aux and self.modality_task_weight > 0:
+        if want - {"modality_task"}:
+            aux = (self._aux_batched if self.batched_aux else self.aux_losses)(st, batch, want)
+        elif with_aux:  # nothing to compute: the row sample is drawn all the same (same RNG)
+            self._aux_rows(st)
+        if with_aux and self.modality_task_weight > 0 and "modality_task" in want:
             aux["modality_task"] = self.modality_task(st, batch)
         return Output(logits, aux, {"alpha": alpha.detach(), "gate": g.detach().mean(1),
                                     "present": st["present"]})

@@ -19,7 +19,9 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from dsrsd.base import FusionModel
 from dsrsd.data.batch import Batch, MultimodalData, flat_targets
 from dsrsd.losses import task_loss, total_objective
 
@@ -67,6 +69,9 @@ def supervised_loss(weights: dict[str, float], epoch: int = 0,
     """
 
     def loss_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        net = model.module if isinstance(model, DistributedDataParallel) else model
+        if isinstance(net, FusionModel):  # which terms count (a warm-up never makes one 0)
+            net.set_term_weights(weights)
         o = model(batch)
         terms = {"task": task_loss(o.logits, flat_targets(batch)), **o.aux}
         loss, logged = total_objective(terms, weights, epoch, warmup)
