@@ -1,10 +1,11 @@
 """Statistics the chapters and the result tables use to say whether a difference is larger than
 the noise.
 
-Paired bootstrap over test units (the same resamples for every model), percentile intervals,
+Paired bootstrap over test rows (the same resamples for every model), percentile intervals,
 the paired comparison of two methods over the seeds / folds both ran (paired t with its interval,
-and a paired bootstrap over those runs), Holm's correction for a family of comparisons, and
-retained skill for robustness. numpy, scipy and pandas only: no torch, no record files, so
+and a paired bootstrap over those runs), the paired bootstrap over test units (students, from the
+runs' prediction files: all of a student's predictions drawn together), Holm's correction for a
+family of comparisons, and retained skill for robustness. numpy, scipy and pandas only: no torch, no record files, so
 chapters and tables share one tested copy.
 """
 
@@ -122,8 +123,9 @@ def retained_skill(auc_stressed, auc_clean):
 
 
 # ----------------------------------------------------------------- methods paired over runs
-# Result records hold one test AUC per run (per seed, or per fold), not per-sample predictions,
-# so comparisons between methods on real data pair runs: the unit of replication is the run.
+# Result records hold one test AUC per run (per seed, or per fold), so the seed / fold test pairs
+# runs: its unit of replication is the run. (Runs that keep their test predictions also get the
+# bootstrap over test units below, which answers a different question.)
 
 
 def pair_units(df: pd.DataFrame, a: str, b: str, metric: str = "test_auc", unit: str = "unit",
@@ -321,18 +323,59 @@ def _check_paired(y, prob_a, prob_b, unit) -> tuple[np.ndarray, ...]:
     return y, prob_a, prob_b, unit
 
 
-def _unit_draws(y, prob_a, prob_b, inverse: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _pair_matrix(pos: np.ndarray, prob: np.ndarray, inverse: np.ndarray, k: int) -> np.ndarray:
+    """``[k, k]``: ``M[u, v]`` counts the (positive of unit u, negative of unit v) row pairs
+    ranked right by ``prob`` (ties one half). With units drawn ``c`` times, the resample's
+    Mann-Whitney U is ``c M c``: one matrix product per resample instead of a pass over rows."""
+    neg_p, neg_u = prob[~pos], inverse[~pos]
+    pos_u = inverse[pos]
+    order = np.argsort(pos_u, kind="stable")
+    pos_p, bounds = prob[pos][order], np.searchsorted(pos_u[order], np.arange(k + 1))
+    m = np.zeros((k, k))
+    for u in np.flatnonzero(np.diff(bounds)):
+        p = np.sort(pos_p[bounds[u]:bounds[u + 1]])
+        left, right = np.searchsorted(p, neg_p, "left"), np.searchsorted(p, neg_p, "right")
+        m[u] = np.bincount(neg_u, weights=len(p) - right + 0.5 * (right - left), minlength=k)
+    return m
+
+
+def _unit_auc(y: np.ndarray, prob: np.ndarray, inverse: np.ndarray, k: int, by_unit: bool):
+    """A function: unit counts ``[b, k]`` -> the ``[b]`` AUCs (:func:`weighted_auc`) of the
+    rows weighted by their unit's count; ``by_unit``: through :func:`_pair_matrix`."""
+    y, prob = np.asarray(y).astype(np.int64), np.asarray(prob, dtype=np.float64)
+    if not by_unit:
+        return lambda counts: weighted_auc(y, prob, counts[:, inverse].astype(np.float64))
+    columns = ([(y == c, prob[:, c]) for c in range(prob.shape[1])] if prob.ndim == 2
+               else [(y == 1, prob)])
+    parts = [(_pair_matrix(pos, p, inverse, k), np.bincount(inverse[pos], minlength=k),
+              np.bincount(inverse[~pos], minlength=k)) for pos, p in columns]
+
+    def auc(counts: np.ndarray) -> np.ndarray:
+        c = counts.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.mean([((c @ m) * c).sum(1) / ((c @ n_pos) * (c @ n_neg))
+                            for m, n_pos, n_neg in parts], 0)
+
+    return auc
+
+
+def _unit_draws(y, prob_a, prob_b, inverse: np.ndarray, idx: np.ndarray,
+                by_unit: bool | None = None) -> np.ndarray:
     """AUC_a - AUC_b on each resample of units ``idx`` [n_boot, K]; row i belongs to unit
-    ``inverse[i]`` and is counted as often as its unit is drawn."""
+    ``inverse[i]`` and is counted as often as its unit is drawn. ``by_unit`` (default: when
+    units are few against rows, e.g. knowledge-tracing students with many steps each): the
+    unit-pair matrices, else a weighted pass over the rows; both give the same draws."""
     n_boot, k = idx.shape
-    step = max(1, _CHUNK_CELLS // max(len(y), k))
+    if by_unit is None:
+        by_unit = k <= 2000 and k * k <= 32 * len(y)
+    auc_a, auc_b = (_unit_auc(y, p, inverse, k, by_unit) for p in (prob_a, prob_b))
+    step = max(1, _CHUNK_CELLS // (k if by_unit else max(len(y), k)))
     out = np.empty(n_boot)
     for s in range(0, n_boot, step):
         part = idx[s:s + step]
         counts = np.bincount((part + k * np.arange(len(part))[:, None]).ravel(),
                              minlength=len(part) * k).reshape(len(part), k)
-        w = counts[:, inverse].astype(np.float64)
-        out[s:s + step] = weighted_auc(y, prob_a, w) - weighted_auc(y, prob_b, w)
+        out[s:s + step] = auc_a(counts) - auc_b(counts)
     return out
 
 

@@ -397,3 +397,19 @@ def test_one_row_per_unit_is_the_row_bootstrap():
     rows = stats.paired_bootstrap_auc(y, [good, weak], n_boot=100, seed=7)
     units = stats.paired_unit_bootstrap(y, good, weak, np.arange(len(y)), n_boot=100, seed=7)
     np.testing.assert_allclose(units, rows[:, 0] - rows[:, 1], rtol=0, atol=1e-12)
+
+
+def test_unit_pair_matrices_and_the_row_pass_give_the_same_draws():
+    """Two ways to weigh a resample (by unit-pair matrices when units are few, by rows else):
+    the same draws, ties and multiclass included."""
+    y, prob_a, prob_b, unit = _clustered(k=40, m=12)
+    prob_a = np.round(prob_a, 1)
+    units, inverse = np.unique(unit, return_inverse=True)
+    idx = stats.bootstrap_indices(len(units), 150, seed=3)
+    by = [stats._unit_draws(y, prob_a, prob_b, inverse, idx, by_unit=b) for b in (True, False)]
+    np.testing.assert_allclose(by[0], by[1], rtol=0, atol=1e-12)
+    rng = np.random.default_rng(4)
+    y4 = rng.integers(0, 3, len(y))
+    pa, pb = rng.dirichlet(np.ones(3), len(y)), rng.dirichlet(np.ones(3), len(y))
+    by = [stats._unit_draws(y4, pa, pb, inverse, idx, by_unit=b) for b in (True, False)]
+    np.testing.assert_allclose(by[0], by[1], rtol=0, atol=1e-12)
