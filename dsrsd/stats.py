@@ -1,10 +1,11 @@
 """Statistics the chapters and the result tables use to say whether a difference is larger than
 the noise.
 
-Paired bootstrap over test units (the same resamples for every model), percentile intervals,
+Paired bootstrap over test rows (the same resamples for every model), percentile intervals,
 the paired comparison of two methods over the seeds / folds both ran (paired t with its interval,
-and a paired bootstrap over those runs), Holm's correction for a family of comparisons, and
-retained skill for robustness. numpy, scipy and pandas only: no torch, no record files, so
+and a paired bootstrap over those runs), the paired bootstrap over test units (students, from the
+runs' prediction files: all of a student's predictions drawn together), Holm's correction for a
+family of comparisons, and retained skill for robustness. numpy, scipy and pandas only: no torch, no record files, so
 chapters and tables share one tested copy.
 """
 
@@ -44,6 +45,12 @@ def auc_on_resamples(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> np.nda
     n_boot, n = len(idx), len(y)
     counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(),
                          minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+    return _auc_from_counts(y, prob, counts)
+
+
+def _auc_from_counts(y: np.ndarray, prob: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[n_boot]`` ROC-AUCs of 0/1 ``y`` and ``prob`` [n] with every row counted ``counts``
+    [n_boot, n] times (the rank form of :func:`auc_on_resamples`)."""
     order = np.argsort(prob, kind="stable")
     sorted_prob, y_sorted, counts = prob[order], y[order], counts[:, order]
     starts = np.flatnonzero(np.r_[True, sorted_prob[1:] != sorted_prob[:-1]])  # tie groups
@@ -116,8 +123,9 @@ def retained_skill(auc_stressed, auc_clean):
 
 
 # ----------------------------------------------------------------- methods paired over runs
-# Result records hold one test AUC per run (per seed, or per fold), not per-sample predictions,
-# so comparisons between methods on real data pair runs: the unit of replication is the run.
+# Result records hold one test AUC per run (per seed, or per fold), so the seed / fold test pairs
+# runs: its unit of replication is the run. (Runs that keep their test predictions also get the
+# bootstrap over test units below, which answers a different question.)
 
 
 def pair_units(df: pd.DataFrame, a: str, b: str, metric: str = "test_auc", unit: str = "unit",
@@ -271,3 +279,174 @@ def bootstrap_offdiag_mass(z: Sequence[np.ndarray], n_boot: int = 1000, seed: in
         total = c2.sum((1, 2))
         masses.append((total - diag) / total)
     return np.mean(masses, 0)
+
+
+# ------------------------------------------------------------ methods paired over test units
+# With each run's test predictions (dsrsd.predictions), a comparison resamples the test units
+# themselves (students): a student's predictions are drawn together, and the same draw weights
+# both methods' predictions, so the pairing by student is kept.
+
+_CHUNK_CELLS = 2_000_000  # resamples x rows weighed at once: tens of MB, whatever the test size
+
+
+def weighted_auc(y: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``[n_boot]`` ROC-AUCs with every row counted ``weights`` [n_boot, n] times.
+
+    ``prob`` [n]: binary, ties count one half (as ``roc_auc_score``); ``prob`` [n, C]:
+    one-vs-rest macro AUC over the C classes (``roc_auc_score(multi_class="ovr")``), NaN when a
+    class is absent."""
+    y = np.asarray(y).astype(np.int64)
+    prob = np.asarray(prob, dtype=np.float64)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if prob.ndim == 1:
+        return _auc_from_counts(y, prob, weights)
+    return np.mean([_auc_from_counts((y == c).astype(np.int64), prob[:, c], weights)
+                    for c in range(prob.shape[1])], 0)
+
+
+def auc_difference(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray) -> float:
+    """AUC_a - AUC_b on all rows (each AUC equals ``roc_auc_score``'s up to rounding)."""
+    ones = np.ones((1, len(y)))
+    return float((weighted_auc(y, prob_a, ones) - weighted_auc(y, prob_b, ones))[0])
+
+
+def _check_paired(y, prob_a, prob_b, unit) -> tuple[np.ndarray, ...]:
+    y, unit = np.asarray(y), np.asarray(unit)
+    prob_a, prob_b = np.asarray(prob_a), np.asarray(prob_b)
+    if y.ndim != 1 or len(y) == 0:
+        raise DsrsdError(f"unit bootstrap: y must be a non-empty 1-d array, got shape {y.shape}")
+    if prob_a.shape != prob_b.shape or len(prob_a) != len(y) or prob_a.ndim not in (1, 2):
+        raise DsrsdError(f"unit bootstrap: prob_a {prob_a.shape} and prob_b {prob_b.shape} must "
+                         f"both be [{len(y)}] or [{len(y)}, C]")
+    if unit.shape != y.shape:
+        raise DsrsdError(f"unit bootstrap: unit {unit.shape} must match y {y.shape}")
+    return y, prob_a, prob_b, unit
+
+
+def _pair_matrix(pos: np.ndarray, prob: np.ndarray, inverse: np.ndarray, k: int) -> np.ndarray:
+    """``[k, k]``: ``M[u, v]`` counts the (positive of unit u, negative of unit v) row pairs
+    ranked right by ``prob`` (ties one half). With units drawn ``c`` times, the resample's
+    Mann-Whitney U is ``c M c``: one matrix product per resample instead of a pass over rows."""
+    neg_p, neg_u = prob[~pos], inverse[~pos]
+    pos_u = inverse[pos]
+    order = np.argsort(pos_u, kind="stable")
+    pos_p, bounds = prob[pos][order], np.searchsorted(pos_u[order], np.arange(k + 1))
+    m = np.zeros((k, k))
+    for u in np.flatnonzero(np.diff(bounds)):
+        p = np.sort(pos_p[bounds[u]:bounds[u + 1]])
+        left, right = np.searchsorted(p, neg_p, "left"), np.searchsorted(p, neg_p, "right")
+        m[u] = np.bincount(neg_u, weights=len(p) - right + 0.5 * (right - left), minlength=k)
+    return m
+
+
+def _unit_auc(y: np.ndarray, prob: np.ndarray, inverse: np.ndarray, k: int, by_unit: bool):
+    """A function: unit counts ``[b, k]`` -> the ``[b]`` AUCs (:func:`weighted_auc`) of the
+    rows weighted by their unit's count; ``by_unit``: through :func:`_pair_matrix`."""
+    y, prob = np.asarray(y).astype(np.int64), np.asarray(prob, dtype=np.float64)
+    if not by_unit:
+        return lambda counts: weighted_auc(y, prob, counts[:, inverse].astype(np.float64))
+    columns = ([(y == c, prob[:, c]) for c in range(prob.shape[1])] if prob.ndim == 2
+               else [(y == 1, prob)])
+    parts = [(_pair_matrix(pos, p, inverse, k), np.bincount(inverse[pos], minlength=k),
+              np.bincount(inverse[~pos], minlength=k)) for pos, p in columns]
+
+    def auc(counts: np.ndarray) -> np.ndarray:
+        c = counts.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.mean([((c @ m) * c).sum(1) / ((c @ n_pos) * (c @ n_neg))
+                            for m, n_pos, n_neg in parts], 0)
+
+    return auc
+
+
+def _unit_draws(y, prob_a, prob_b, inverse: np.ndarray, idx: np.ndarray,
+                by_unit: bool | None = None) -> np.ndarray:
+    """AUC_a - AUC_b on each resample of units ``idx`` [n_boot, K]; row i belongs to unit
+    ``inverse[i]`` and is counted as often as its unit is drawn. ``by_unit`` (default: when
+    units are few against rows, e.g. knowledge-tracing students with many steps each): the
+    unit-pair matrices, else a weighted pass over the rows; both give the same draws."""
+    n_boot, k = idx.shape
+    if by_unit is None:
+        by_unit = k <= 2000 and k * k <= 32 * len(y)
+    auc_a, auc_b = (_unit_auc(y, p, inverse, k, by_unit) for p in (prob_a, prob_b))
+    step = max(1, _CHUNK_CELLS // (k if by_unit else max(len(y), k)))
+    out = np.empty(n_boot)
+    for s in range(0, n_boot, step):
+        part = idx[s:s + step]
+        counts = np.bincount((part + k * np.arange(len(part))[:, None]).ravel(),
+                             minlength=len(part) * k).reshape(len(part), k)
+        out[s:s + step] = auc_a(counts) - auc_b(counts)
+    return out
+
+
+def paired_unit_bootstrap(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray,
+                          unit: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_boot]`` bootstrap draws of AUC_a - AUC_b over test units.
+
+    Each draw resamples the distinct ``unit`` ids (students) with replacement and counts each
+    prediction as often as its unit is drawn, so a student's predictions stay together (their
+    correlation widens the interval, as it should); both methods get the same draw. ``prob_*``
+    [n] binary or [n, C] multiclass (macro one-vs-rest AUC). Pass the draws to
+    :func:`interval`; a draw with one class only is NaN (``interval`` drops it)."""
+    y, prob_a, prob_b, unit = _check_paired(y, prob_a, prob_b, unit)
+    units, inverse = np.unique(unit, return_inverse=True)
+    return _unit_draws(y, prob_a, prob_b, inverse, bootstrap_indices(len(units), n_boot, seed))
+
+
+def pair_predictions(a: dict, b: dict, names: tuple[str, str] = ("a", "b")
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(y, prob_a, prob_b, unit)`` of two runs' prediction arrays (``y``, ``prob``, ``unit``,
+    as :func:`dsrsd.predictions.read_predictions` returns them); runs on different test rows
+    (labels or units that differ) are a one-line :class:`DsrsdError` naming them."""
+    for what in ("y", "unit"):
+        if a[what].shape != b[what].shape or not np.array_equal(a[what], b[what]):
+            raise DsrsdError(f"{names[0]} and {names[1]} are not on the same test rows (their "
+                             f"{'labels' if what == 'y' else 'test units'} differ)")
+    if a["prob"].shape != b["prob"].shape:
+        raise DsrsdError(f"{names[0]} and {names[1]}: probabilities of shapes "
+                         f"{a['prob'].shape} and {b['prob'].shape}")
+    return a["y"], a["prob"], b["prob"], a["unit"]
+
+
+class UnitBootstrap(NamedTuple):
+    """Mean AUC difference over paired runs, with its interval over test units."""
+
+    n_runs: int
+    n_units: int  # distinct test units over all runs
+    mean_diff: float
+    lo: float
+    hi: float
+
+
+def paired_unit_bootstrap_runs(runs: Sequence[tuple], n_boot: int = 1000, seed: int = 0,
+                               level: float = 0.95) -> UnitBootstrap:
+    """Mean over paired runs of AUC_a - AUC_b, and its ``level`` percentile interval from
+    resampling test units (students) within each run.
+
+    ``runs``: one ``(y, prob_a, prob_b, unit)`` per run pair (the two methods' runs of one seed
+    or one fold, e.g. from :func:`pair_predictions`). Each bootstrap draw resamples the
+    students and averages the runs' differences on that draw. Runs whose test units are the
+    same set (the seeds of one test set) share one resample, since another draw of test
+    students would change every seed's test set alike; runs on different sets (the folds of a
+    cross-validation) are resampled independently.
+
+    What it accounts for: which students happen to be in the test set(s). What it does not:
+    seed variance (another seed trains another model; the runs' differences are averaged, not
+    resampled), and with 5 folds, the variation between training sets. That is why it is
+    reported beside the seed / fold paired t (:func:`paired_t`), not instead of it.
+    """
+    if not runs:
+        raise DsrsdError("unit bootstrap: no paired runs")
+    runs = [_check_paired(*r) for r in runs]
+    strata: dict[bytes, np.ndarray] = {}
+    total, diffs = np.zeros(n_boot), []
+    for y, prob_a, prob_b, unit in runs:
+        units = np.unique(unit)
+        key = units.tobytes()
+        if key not in strata:  # each new set of units gets its own resamples
+            strata[key] = bootstrap_indices(len(units), n_boot, seed + len(strata))
+        total += _unit_draws(y, prob_a, prob_b, np.searchsorted(units, unit), strata[key])
+        diffs.append(auc_difference(y, prob_a, prob_b))
+    lo, hi = interval(total / len(runs), level)
+    n_units = len(np.unique(np.concatenate([r[3] for r in runs])))
+    return UnitBootstrap(len(runs), n_units, float(np.mean(diffs)), lo, hi)

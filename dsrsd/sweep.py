@@ -18,7 +18,8 @@ the run folder is always a direct child of ``--out``.
 * Concurrent sweeps on one ``--out`` share the work: a run is locked (``flock`` on
   ``<run>/.lock``, released when its process ends, however it ends) while in progress, and a
   second sweep reports it ``busy``; the ``sweep_log.json`` append is locked too.
-* Checkpoints (``*.pt``) are deleted after each run; only the small JSON record stays.
+* Checkpoints (``*.pt``) are deleted after each run; the small JSON record and the run's
+  test predictions (``test_predictions.npz``, :mod:`dsrsd.predictions`) stay.
 
 Grid JSON (every key but ``methods`` and ``datasets`` optional)::
 

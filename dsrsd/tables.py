@@ -291,6 +291,70 @@ def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
     return out
 
 
+UNIT_COLS = ["setting", "ref", "variant", "group", "n_pairs", "n_runs", "n_units", "mean_diff",
+             "diff_units_lo", "diff_units_hi", "predictions"]
+
+
+def unit_bootstrap(runs_dir: str | Path, df: pd.DataFrame, ref: str = "dsrsd",
+                   metric: str = "test_auc", n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> pd.DataFrame:
+    """``ref`` vs every other variant per setting of ``df`` (rows of :func:`load_records` from
+    ``runs_dir``), from the runs' test predictions: the mean AUC difference ``ref - variant``
+    over the seeds/folds both ran and its ``level`` interval from a paired bootstrap over test
+    units (students), :func:`dsrsd.stats.paired_unit_bootstrap_runs`.
+
+    It sits beside :func:`significance` (same pairs, same ``mean_diff`` up to rounding), not
+    in its place: it resamples students, not seeds. ``n_pairs``: seeds/folds both ran;
+    ``n_runs``: pairs that entered the bootstrap; ``predictions``: ``ok``, or why the row is
+    NaN (a run without a predictions file, written before runs kept one; runs on different test
+    rows)."""
+    from dsrsd.predictions import PREDICTIONS_FILE, read_predictions
+
+    runs_dir, rows, cache = Path(runs_dir), [], {}
+
+    def load(run_id: str) -> dict | None:
+        if run_id not in cache:
+            f = runs_dir / run_id / PREDICTIONS_FILE
+            cache[run_id] = read_predictions(f) if f.exists() else None
+        return cache[run_id]
+
+    if df.empty:
+        return pd.DataFrame(columns=UNIT_COLS)
+    df = df.assign(group=_groups(df))
+    for setting, sub in df[df[metric].notna()].groupby("setting"):
+        variants = set(sub["variant"])
+        if ref not in variants:
+            continue
+        group = sub.groupby("variant")["group"].first()
+        for v in sorted(variants - {ref}):
+            row = {"setting": setting, "ref": ref, "variant": v, "group": group[v],
+                   "n_pairs": 0, "n_runs": 0, "predictions": "no shared seed or fold"}
+            try:
+                pair = stats.pair_units(sub, ref, v, "run_id")
+            except DsrsdError:  # no shared unit (a unit run twice is significance()'s error)
+                rows.append(row)
+                continue
+            ids = [(a, b) for a, b in zip(pair[ref], pair[v], strict=True)]
+            missing = [r for a, b in ids for r in (a, b) if load(r) is None]
+            row["n_pairs"] = len(ids)
+            if missing:
+                row["predictions"] = (f"{len(missing)} of {2 * len(ids)} runs have no "
+                                      f"{PREDICTIONS_FILE} (e.g. {missing[0]})")
+                rows.append(row)
+                continue
+            try:
+                paired = [stats.pair_predictions(load(a), load(b), (a, b)) for a, b in ids]
+            except DsrsdError as e:
+                row["predictions"] = str(e)
+                rows.append(row)
+                continue
+            res = stats.paired_unit_bootstrap_runs(paired, n_boot, seed, level)
+            row.update(n_runs=res.n_runs, n_units=res.n_units, mean_diff=res.mean_diff,
+                       diff_units_lo=res.lo, diff_units_hi=res.hi, predictions="ok")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=UNIT_COLS)
+
+
 def robustness(df: pd.DataFrame) -> pd.DataFrame:
     """Test AUC under missing modalities, and the skill kept, per setting x variant x condition.
 

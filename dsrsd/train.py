@@ -36,6 +36,7 @@ from dsrsd.errors import DsrsdError
 from dsrsd.losses import effective_weights
 from dsrsd.metrics import binary_metrics, multiclass_metrics
 from dsrsd.observe import EpochObserver
+from dsrsd.predictions import PREDICTIONS_FILE, prediction_arrays, write_predictions
 from dsrsd.records import atomic_torch_save, atomic_write_json, provenance
 from dsrsd.registry import build_model
 from dsrsd.step import autocast, make_optimizer, supervised_loss, train_epoch
@@ -94,6 +95,12 @@ def evaluate(model: nn.Module, data: MultimodalData, batch_size: int = 1024,
              trim: bool = False) -> dict[str, float]:
     """Protocol metrics of ``model`` on ``data`` (``trim``: see :func:`predict`)."""
     y, p = predict(model, data, batch_size, device, amp, trim)
+    return score(data, y, p)
+
+
+def score(data: MultimodalData, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Protocol metrics of predictions ``y``, ``p`` (:func:`predict`) on ``data``; predictions
+    that are not finite are an error (training diverged)."""
     if not np.isfinite(p).all():
         raise DsrsdError(f"the model's predictions on {data.name!r} are not finite (training "
                          "diverged: lower --lr or the loss weights)")
@@ -236,8 +243,10 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     ``labels`` (e.g. a sweep's ``variant``, ``setting``, ``run_id``) go into the record before
     its one write, so a record on disk is always complete.
 
-    With ``out``: ``out/metrics.json`` (the record), ``out/last.pt`` (resumable, every epoch)
-    and ``out/best.pt`` (the best-validation weights). Under ``torchrun`` every rank trains on
+    With ``out``: ``out/metrics.json`` (the record), ``out/test_predictions.npz`` (every test
+    prediction with its label and test unit, :mod:`dsrsd.predictions`; the record's
+    ``predictions`` names it and its row count), ``out/last.pt`` (resumable, every epoch) and
+    ``out/best.pt`` (the best-validation weights). Under ``torchrun`` every rank trains on
     its share of each global batch; rank 0 writes.
 
     Each ``history`` row holds the epoch's mean loss terms, ``val_auc``, the diagnostics of
@@ -285,15 +294,21 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
         history, epochs_run, best_epoch = _train_loop(model, cfg, train, val, device, out,
                                                       resume, progress, rank, world)
     trim = cfg.length_buckets > 0  # evaluation: trimmed batches in the plain order
+    val_metrics = evaluate(model, val, device=device, amp=cfg.amp, trim=trim)
+    # One prediction pass on test serves the record and its predictions file, so the file
+    # gives back the record's numbers exactly.
+    y_test, p_test = predict(model, test, device=device, amp=cfg.amp, trim=trim)
     record.update({
-        "val": evaluate(model, val, device=device, amp=cfg.amp, trim=trim),
-        "test": evaluate(model, test, device=device, amp=cfg.amp, trim=trim),
+        "val": val_metrics, "test": score(test, y_test, p_test),
         "robustness": robustness(model, test, device=device, amp=cfg.amp, seed=cfg.seed,
                                  trim=trim),
         "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
         "selection": selection_policy(cfg),
         "wall_time_s": time.perf_counter() - t0, **provenance(device), **(labels or {})})
     if out is not None and rank == 0:
+        # before the record: a record on disk always has its predictions file
+        record["predictions"] = write_predictions(
+            out / PREDICTIONS_FILE, prediction_arrays(test, y_test, p_test))
         atomic_write_json(out / "metrics.json", record)
     record["model"] = model
     return record

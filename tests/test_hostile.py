@@ -539,7 +539,7 @@ def test_half_finished_run_is_redone(tmp_path, capsys):
     r = main_in_process(capsys, "sweep", "--grid", grid_file(tmp_path, SMALL_GRID), "--out", str(out), "--executor",
             "direct")
     assert r.returncode == 0 and "1 ok" in r.stdout, (r.stdout, r.stderr)
-    assert sorted(p.name for p in d.iterdir()) == ["metrics.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["metrics.json", "test_predictions.npz"]
     again = json.loads((d / "metrics.json").read_text())
     assert again["test"] == first["test"] and again["history"] == first["history"]
 
@@ -566,7 +566,7 @@ def test_papermill_kill_after_record_is_redone(tmp_path, capsys):
                         str(out))
     assert r.returncode == 0 and "1 ok" in r.stdout, (r.stdout, r.stderr[-2000:])
     left = sorted(p.name for p in d.iterdir())
-    assert left == ["metrics.json", "run.ipynb"], left
+    assert left == ["metrics.json", "run.ipynb", "test_predictions.npz"], left
 
 
 def _ctrl_c_reaches_it() -> None:

@@ -276,3 +276,140 @@ def test_bootstrap_offdiag_mass_separates_correlated_from_independent_columns():
     assert lo > 0.5 and stats.noise_word(lo, hi) == "higher"
     with pytest.raises(ValueError, match="rows"):
         stats.bootstrap_offdiag_mass([indep, indep[:10]])
+
+
+# ----------------------------------------------------------------- bootstrap over test units
+
+def _clustered(k=60, m=30, spread=1.5, seed=0):
+    """``k`` students of ``m`` predictions each; method a's edge over b differs by student
+    (a per-student effect of sd ``spread``), so a student's rows move together."""
+    rng = np.random.default_rng(seed)
+    unit = np.repeat(rng.permutation(10 * k)[:k], m).astype(np.int32)  # ids need not be 0..k-1
+    y = rng.integers(0, 2, k * m)
+    edge = np.repeat(rng.normal(0.3, spread, k), m)
+    prob_b = y + rng.normal(0, 1.0, k * m)
+    prob_a = y * (1 + edge) + rng.normal(0, 1.0, k * m)
+    return y, prob_a, prob_b, unit
+
+
+def test_unit_bootstrap_of_identical_predictions_is_exactly_zero():
+    y, prob_a, _, unit = _clustered()
+    draws = stats.paired_unit_bootstrap(y, prob_a, prob_a.copy(), unit, n_boot=200)
+    assert np.all(draws == 0) and stats.interval(draws) == (0.0, 0.0)
+
+
+def test_unit_bootstrap_finds_a_planted_better_method_and_is_seeded():
+    y, _, prob_b, unit = _clustered()
+    better = y + np.random.default_rng(5).normal(0, 0.5, len(y))  # less noise than b
+    draws = stats.paired_unit_bootstrap(y, better, prob_b, unit, n_boot=500, seed=1)
+    assert stats.interval(draws)[0] > 0
+    assert np.array_equal(draws, stats.paired_unit_bootstrap(y, better, prob_b, unit, 500, 1))
+    assert not np.array_equal(draws, stats.paired_unit_bootstrap(y, better, prob_b, unit, 500, 2))
+
+
+def test_each_unit_draw_is_the_auc_difference_of_the_students_it_draws():
+    """Draw by hand: the students of resample 0, each with all its rows, as many times as drawn."""
+    y, prob_a, prob_b, unit = _clustered(k=25, m=7)
+    prob_a = np.round(prob_a, 1)  # ties count one half, as in sklearn
+    units = np.unique(unit)
+    idx = stats.bootstrap_indices(len(units), 3, seed=4)
+    draws = stats.paired_unit_bootstrap(y, prob_a, prob_b, unit, n_boot=3, seed=4)
+    for b in range(3):
+        rows = np.concatenate([np.flatnonzero(unit == units[i]) for i in idx[b]])
+        expected = roc_auc_score(y[rows], prob_a[rows]) - roc_auc_score(y[rows], prob_b[rows])
+        assert draws[b] == pytest.approx(expected, abs=1e-12)
+
+
+def test_unit_bootstrap_of_multiclass_uses_the_macro_one_vs_rest_auc():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 400)
+    pa, pb = rng.dirichlet(np.ones(4), 400), rng.dirichlet(np.ones(4), 400)
+    pa[np.arange(400), y] += 0.5
+    pa /= pa.sum(1, keepdims=True)
+    expected = (roc_auc_score(y, pa, multi_class="ovr") - roc_auc_score(y, pb, multi_class="ovr"))
+    assert stats.auc_difference(y, pa, pb) == pytest.approx(expected, abs=1e-12)
+    draws = stats.paired_unit_bootstrap(y, pa, pb, np.arange(400) // 4, n_boot=200)
+    assert stats.interval(draws)[0] > 0
+
+
+def test_clustered_units_widen_the_interval_that_rows_understate():
+    """Resampling rows treats 30 predictions of one student as 30 independent ones: with a
+    per-student effect its interval is much too narrow; with no clustering both agree."""
+    y, prob_a, prob_b, unit = _clustered()
+    rows = np.arange(len(y))
+
+    def width(u):
+        lo, hi = stats.interval(stats.paired_unit_bootstrap(y, prob_a, prob_b, u, 500, seed=0))
+        return hi - lo
+
+    assert width(unit) > 2 * width(rows)
+    y, prob_a, prob_b, unit = _clustered(spread=0.0)
+    shuffled = np.random.default_rng(1).permutation(unit)  # students of unrelated rows
+    assert 0.7 < width(shuffled) / width(rows) < 1.4
+
+
+def test_unit_bootstrap_input_errors_are_one_line():
+    from helpers import one_line
+
+    from dsrsd.errors import DsrsdError
+    y, prob_a, prob_b, unit = _clustered(k=5, m=4)
+    with pytest.raises(DsrsdError) as e:
+        stats.paired_unit_bootstrap(y, prob_a, prob_b[:-1], unit)
+    one_line(e, "prob_b")
+    with pytest.raises(DsrsdError) as e:
+        stats.paired_unit_bootstrap(y, prob_a, prob_b, unit[:-1])
+    one_line(e, "unit")
+    a = {"y": y, "prob": prob_a, "unit": unit}
+    for key, word in (("y", "labels"), ("unit", "test units")):
+        other = dict(a, **{key: np.roll(a[key], 1)})
+        with pytest.raises(DsrsdError) as e:
+            stats.pair_predictions(a, other, ("dsrsd f1", "early f1"))
+        one_line(e, "dsrsd f1", "early f1", word)
+    with pytest.raises(DsrsdError) as e:
+        stats.pair_predictions(a, dict(a, y=y[:-1]))
+    one_line(e, "labels")
+    assert stats.pair_predictions(a, dict(a, prob=prob_b))[2] is prob_b
+
+
+def test_runs_on_one_test_set_share_a_resample_and_folds_do_not():
+    run = _clustered()
+    one = stats.paired_unit_bootstrap_runs([run], n_boot=300)
+    lo, hi = stats.interval(stats.paired_unit_bootstrap(*run, n_boot=300))
+    assert (one.lo, one.hi) == (lo, hi) and one.n_runs == 1 and one.n_units == 60
+    assert one.mean_diff == pytest.approx(roc_auc_score(run[0], run[1]) - roc_auc_score(
+        run[0], run[2]), abs=1e-12)
+    # two seeds on the same students: one resample of them, so twice the run is the run
+    twice = stats.paired_unit_bootstrap_runs([run, run], n_boot=300)
+    assert (twice.lo, twice.hi, twice.n_units) == (one.lo, one.hi, 60)
+    # five folds of other students: independent resamples, so the mean's interval narrows
+    folds = [_clustered(seed=s) for s in range(5)]
+    folds = [(y, a, b, u + 1000 * s) for s, (y, a, b, u) in enumerate(folds)]
+    five = stats.paired_unit_bootstrap_runs(folds, n_boot=300)
+    widths = [np.subtract(*stats.interval(stats.paired_unit_bootstrap(*f, 300))[::-1])
+              for f in folds]
+    assert five.hi - five.lo < 0.7 * np.mean(widths) and five.n_units == 300
+    assert five.mean_diff == pytest.approx(np.mean([stats.auc_difference(*f[:3]) for f in folds]))
+    assert five.lo < five.mean_diff < five.hi
+
+
+def test_one_row_per_unit_is_the_row_bootstrap():
+    y, good, weak = _data()
+    rows = stats.paired_bootstrap_auc(y, [good, weak], n_boot=100, seed=7)
+    units = stats.paired_unit_bootstrap(y, good, weak, np.arange(len(y)), n_boot=100, seed=7)
+    np.testing.assert_allclose(units, rows[:, 0] - rows[:, 1], rtol=0, atol=1e-12)
+
+
+def test_unit_pair_matrices_and_the_row_pass_give_the_same_draws():
+    """Two ways to weigh a resample (by unit-pair matrices when units are few, by rows else):
+    the same draws, ties and multiclass included."""
+    y, prob_a, prob_b, unit = _clustered(k=40, m=12)
+    prob_a = np.round(prob_a, 1)
+    units, inverse = np.unique(unit, return_inverse=True)
+    idx = stats.bootstrap_indices(len(units), 150, seed=3)
+    by = [stats._unit_draws(y, prob_a, prob_b, inverse, idx, by_unit=b) for b in (True, False)]
+    np.testing.assert_allclose(by[0], by[1], rtol=0, atol=1e-12)
+    rng = np.random.default_rng(4)
+    y4 = rng.integers(0, 3, len(y))
+    pa, pb = rng.dirichlet(np.ones(3), len(y)), rng.dirichlet(np.ones(3), len(y))
+    by = [stats._unit_draws(y4, pa, pb, inverse, idx, by_unit=b) for b in (True, False)]
+    np.testing.assert_allclose(by[0], by[1], rtol=0, atol=1e-12)

@@ -160,3 +160,50 @@ def test_selection_ranks_trials_on_validation_only():
     assert chosen == {"dsrsd": "b", "early": "c"}  # test AUC would have picked a and d
     with pytest.raises(DsrsdError, match="no records of experiment 'none'"):
         tables.selection(df, "none")
+
+
+def _run_with_predictions(root, run_id, variant, seed, y, prob, unit, write=True):
+    """A record and (``write``) its predictions file, as fit leaves them."""
+    from sklearn.metrics import roc_auc_score
+
+    from dsrsd.predictions import PREDICTIONS_FILE, write_predictions
+    d = root / run_id
+    d.mkdir(parents=True)
+    arrays = {"y": y.astype(np.int8), "prob": prob, "unit": unit.astype(np.int32)}
+    rec = {"method": variant, "dataset": "oulad", "variant": variant, "seed": seed,
+           "config": {"seed": seed}, "test": {"auc": float(roc_auc_score(y, prob))}}
+    if write:
+        rec["predictions"] = write_predictions(d / PREDICTIONS_FILE, arrays)
+    (d / "metrics.json").write_text(json.dumps(rec))
+
+
+def test_unit_bootstrap_pairs_runs_by_seed_and_says_why_a_row_is_nan(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 600
+    y, unit = rng.integers(0, 2, n), rng.integers(0, 150, n) * 7  # 4 predictions per student
+    for s in range(3):
+        noise = np.random.default_rng(10 + s)
+        preds = {"dsrsd": y + noise.normal(0, 0.6, n), "early": y + noise.normal(0, 1.2, n),
+                 "late": y + noise.normal(0, 1.0, n), "misa": y + noise.normal(0, 1.0, n)}
+        for v, p in preds.items():
+            u = np.roll(unit, 1) if v == "misa" else unit  # misa: another test set
+            _run_with_predictions(tmp_path, f"oulad-{v}-s{s}", v, s, y, p.astype(np.float32), u,
+                                  write=not (v == "late" and s == 2))
+    _run_with_predictions(tmp_path, "oulad-clear-s7", "clear", 7, y, y + 0.0, unit)
+    df = tables.load_records(tmp_path)
+    ub = tables.unit_bootstrap(tmp_path, df, n_boot=300).set_index("variant")
+    assert list(ub.columns[:3]) == ["setting", "ref", "group"]
+    early = ub.loc["early"]
+    assert (early["n_pairs"], early["n_runs"], early["predictions"]) == (3, 3, "ok")
+    assert early["n_units"] == len(np.unique(unit)) and 0 < early["diff_units_lo"]
+    assert early["diff_units_lo"] < early["mean_diff"] < early["diff_units_hi"]
+    # the same pairs and mean difference as the seed test of the records
+    sig = tables.significance(df).set_index("variant")
+    assert early["mean_diff"] == pytest.approx(sig.loc["early", "mean_diff"], abs=1e-12)
+    late = ub.loc["late"]
+    assert late["n_pairs"] == 3 and late["n_runs"] == 0 and np.isnan(late["mean_diff"])
+    assert late["predictions"] == "1 of 6 runs have no test_predictions.npz (e.g. oulad-late-s2)"
+    assert np.isnan(ub.loc["misa", "diff_units_lo"]) and "test units differ" in ub.loc[
+        "misa", "predictions"]
+    assert ub.loc["clear", "n_pairs"] == 0 and np.isnan(ub.loc["clear", "mean_diff"])
+    assert tables.unit_bootstrap(tmp_path, df.iloc[0:0]).empty
