@@ -10,6 +10,10 @@ order :func:`dsrsd.train.predict` returns them:
 * ``unit``: int32 id of the test unit (the student) the prediction belongs to: OULAD the
   registration's ``id_student``; knowledge tracing the ``user_id`` of the window the step is
   in; a dataset without student identity (synthetic) the sample's row.
+
+On real data the file is a processed copy of the test labels and student ids, so it stays beside
+the run on the machine that made it and is never committed (``.gitignore``); the statistics made
+from it (``dsrsd.tables.unit_bootstrap``) are results and may be.
 """
 
 from __future__ import annotations
