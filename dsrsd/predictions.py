@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsrsd.data.batch import MultimodalData
+from dsrsd.data.batch import MultimodalData, flat_targets
 from dsrsd.errors import DsrsdError
 
 PREDICTIONS_FILE = "test_predictions.npz"
@@ -46,17 +46,13 @@ def prediction_units(data: MultimodalData) -> np.ndarray:
     return per_sample.astype(np.int32)
 
 
-def _flat_targets(data: MultimodalData) -> np.ndarray:
-    return (data.y[data.y_mask] if data.y_mask is not None else data.y).numpy()
-
-
 def prediction_arrays(data: MultimodalData, y: np.ndarray, prob: np.ndarray
                       ) -> dict[str, np.ndarray]:
     """``y``, ``prob`` and ``unit`` as the file stores them; predictions out of ``data``'s
     order (targets that differ from the data's) are an error, since their units would be wrong."""
     y = np.asarray(y)
     if len(y) != len(prob) or not np.array_equal(y.astype(np.float64),
-                                                 _flat_targets(data).astype(np.float64)):
+                                                 flat_targets(data).numpy().astype(np.float64)):
         raise DsrsdError(f"dataset {data.name!r}: the predictions' targets are not the data's "
                          "targets in order (cannot assign test units)")
     if data.task.kind == "multiclass" and data.task.n_classes > 127:

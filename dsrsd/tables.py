@@ -83,11 +83,11 @@ def record_row(rec: dict, run_id: str = "") -> dict:
     # Sweep records name their grid entry (``variant``, e.g. an ablation) and protocol
     # (``setting``, e.g. a cross-domain direction); plain train records fall back to the config.
     variant = rec.get("variant") or _variant(rec["method"], mp)
+    chosen = chosen_by(rec) or {}
     row = {"run_id": run_id, "method": rec["method"], "variant": variant,
            "dataset": rec["dataset"], "setting": rec.get("setting") or rec["dataset"],
            "group": group_of(variant, rec.get("group")), "experiment": rec.get("experiment"),
-           "chosen_by": (chosen_by(rec) or {}).get("experiment"),
-           "chosen_on": (chosen_by(rec) or {}).get("split"),
+           "chosen_by": chosen.get("experiment"), "chosen_on": chosen.get("split"),
            "seed": seed, "fold": fold,
            "unit": f"f{fold}-s{seed}" if fold is not None else f"s{seed}",
            "data_params": json.dumps({k: v for k, v in dp.items() if k != "fold"}, sort_keys=True),
@@ -334,7 +334,7 @@ def unit_bootstrap(runs_dir: str | Path, df: pd.DataFrame, ref: str = "dsrsd",
             except DsrsdError:  # no shared unit (a unit run twice is significance()'s error)
                 rows.append(row)
                 continue
-            ids = [(a, b) for a, b in zip(pair[ref], pair[v], strict=True)]
+            ids = list(zip(pair[ref], pair[v], strict=True))
             missing = [r for a, b in ids for r in (a, b) if load(r) is None]
             row["n_pairs"] = len(ids)
             if missing:

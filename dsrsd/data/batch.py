@@ -352,8 +352,9 @@ class Splits:
     info: dict = field(default_factory=dict)
 
 
-def flat_targets(batch: Batch) -> Tensor:
-    """The targets a model's logits line up with: ``y`` or, per-step, ``y[y_mask]``."""
+def flat_targets(batch: Batch | MultimodalData) -> Tensor:
+    """The targets a model's logits line up with: ``y`` or, per-step, ``y[y_mask]`` (of a batch,
+    or of a whole split in its row order)."""
     if batch.y_mask is not None:
         return batch.y[batch.y_mask]
     return batch.y
