@@ -48,3 +48,19 @@ def prepare_real(dataset: str, into: Path) -> float:
                    str(into), timeout=600)
     assert r.returncode == 0, r.stderr
     return time.perf_counter() - t
+
+
+# A COrAL small enough for unit tests on 240 synthetic samples.
+SMALL_CORAL = {"proj_hidden": 32, "proj_dim": 16, "tab_tokens": 2, "heads": 4}
+
+
+def small_config(method: str, params: dict | None = None, **kw):
+    """A one-epoch CPU ``TrainConfig`` for ``method`` at width 16, batch 64, seed 2; ``kw``
+    overrides any field."""
+    import copy
+
+    from dsrsd.config import TrainConfig
+
+    base = dict(method=method, method_params=copy.deepcopy(params or {}), d=16, epochs=1,
+                batch_size=64, seed=2, device="cpu")
+    return TrainConfig(**{**base, **kw})

@@ -5,15 +5,14 @@ with is the step everyone else runs, and seeded CPU runs of every method are bit
 from __future__ import annotations
 
 import ast
-import copy
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMALL_CORAL, small_config
 from torch import nn
 
 from dsrsd.base import DirectFit, FusionModel, aux_row_sample, keep_first_valid, masked_mean
-from dsrsd.config import TrainConfig
 from dsrsd.data.synthetic import load_synthetic
 from dsrsd.fitting import FITTERS
 from dsrsd.registry import build_model
@@ -21,7 +20,6 @@ from dsrsd.step import make_optimizer, supervised_loss, train_epoch
 from dsrsd.train import fit, set_seed
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL_CORAL = {"proj_hidden": 32, "proj_dim": 16, "tab_tokens": 2, "heads": 4}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +28,7 @@ def splits():
 
 
 def _cfg(method, params=None, **kw):
-    base = dict(method=method, method_params=copy.deepcopy(params or {}), d=16, epochs=2,
-                batch_size=64, seed=2, device="cpu", modality_dropout=0.2)
-    return TrainConfig(**{**base, **kw})
+    return small_config(method, params, **{"epochs": 2, "modality_dropout": 0.2, **kw})
 
 
 def test_trainer_discovers_nothing_by_hasattr():

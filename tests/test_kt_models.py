@@ -12,6 +12,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_CORAL
 
 from dsrsd.base import DirectFit
 from dsrsd.config import TrainConfig
@@ -26,7 +27,6 @@ from dsrsd.train import fit
 
 D = 16
 N_SKILLS, N_PROBLEMS, T = 6, 30, 10
-SMALL_CORAL = {"proj_hidden": 32, "proj_dim": 16, "tab_tokens": 2, "heads": 4}
 
 
 def kt_splits(n: int = 240, seed: int = 0) -> Splits:

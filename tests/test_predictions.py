@@ -4,16 +4,14 @@ record's test metrics back exactly, every method included, name each prediction'
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 from fixtures_real import make_oulad_tables, write_oulad_tables
-from helpers import one_line
+from helpers import SMALL_CORAL, one_line, small_config
 
-from dsrsd.config import TrainConfig
 from dsrsd.data.synthetic import load_synthetic
 from dsrsd.errors import DsrsdError
 from dsrsd.metrics import binary_metrics, multiclass_metrics
@@ -26,18 +24,13 @@ from dsrsd.predictions import (
 )
 from dsrsd.train import fit
 
-SMALL_CORAL = {"proj_hidden": 32, "proj_dim": 16, "tab_tokens": 2, "heads": 4}
-
 
 @pytest.fixture(scope="module")
 def splits():
     return load_synthetic(n=240, missing_rate=0.2)
 
 
-def _cfg(method, params=None, **kw):
-    base = dict(method=method, method_params=copy.deepcopy(params or {}), d=16, epochs=1,
-                batch_size=64, seed=2, device="cpu")
-    return TrainConfig(**{**base, **kw})
+_cfg = small_config
 
 
 def _fit_and_read(cfg, splits, out):
