@@ -153,6 +153,11 @@ class DSRSDNet(FusionModel):
             options on the reference paths with 1024 rows); at the ASSISTments shape the stream
             layers themselves (about 7 ``k x d`` products per modality on each of ~2,260 scored
             steps) cost about as much as the 1.25x target allows.
+        stream_layers: 2 (default): the shared projector and each private stream are two-layer
+            MLPs (Linear -> GELU -> LayerNorm -> Linear); 1: one Linear each (the "lean"
+            streams; with ``batched_streams`` the adapter and the shared Linear compose into one
+            ``d -> k`` product per modality). [R], chosen for cost (issue 13).
+        score_hidden: width of each modality's fusion scorer (default ``k``). [R].
     """
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, k: int = 64,
@@ -162,7 +167,8 @@ class DSRSDNet(FusionModel):
                  max_aux_rows: int = 1024, contrastive: str = "clip", task_reads: str = "aligned",
                  modality_task_weight: float = 0.0, recon_rows: str = "all",
                  batched_streams: bool = False, batched_aux: bool = False,
-                 residual: bool = True, align_head: bool = True, skip_unweighted: bool = False):
+                 residual: bool = True, align_head: bool = True, skip_unweighted: bool = False,
+                 stream_layers: int = 2, score_hidden: int | None = None):
         super().__init__(specs, task, d, seq_encoder, dropout, modality_dropout)
         if len(specs) < 2:
             raise DsrsdError(f"DSRSD-Net needs at least 2 modalities, got {len(specs)}")
@@ -184,6 +190,11 @@ class DSRSDNet(FusionModel):
                              f"vicreg, got contrastive={contrastive!r}, decorrelation={decorrelation!r}")
         if max_aux_rows < 2:
             raise DsrsdError(f"max_aux_rows must be >= 2, got {max_aux_rows}")
+        if stream_layers not in (1, 2):
+            raise DsrsdError(f"stream_layers must be 1 or 2, got {stream_layers}")
+        score_hidden = k if score_hidden is None else score_hidden
+        if score_hidden <= 0:
+            raise DsrsdError(f"score_hidden must be positive, got {score_hidden}")
         m = len(specs)
         self.k, self.fusion, self.temperature = k, fusion, temperature
         self.regression, self.decorrelation_form = regression, decorrelation
@@ -193,20 +204,26 @@ class DSRSDNet(FusionModel):
         self.batched_streams, self.batched_aux = bool(batched_streams), bool(batched_aux)
         self.residual, self.align_head = bool(residual), bool(align_head)
         self.skip_unweighted = bool(skip_unweighted)
+        self.stream_layers = stream_layers
         self.term_weights: dict[str, float] | None = None  # set_term_weights
 
         self.adapters = nn.ModuleList(nn.Linear(d, d) for _ in range(m))
-        self.shared = mlp(d, d, k)
+
+        def stream() -> nn.Module:  # d -> k: the MLP, or one Linear (stream_layers=1)
+            return mlp(d, d, k) if stream_layers == 2 else nn.Linear(d, k)
+
+        self.shared = stream()
         # The ablations build no layer they do not use (DDP rejects parameters without grads).
         if self.residual:
             self.back = nn.ModuleList(nn.Linear(k, d, bias=False) for _ in range(m))
-        self.private = nn.ModuleList(mlp(d, d, k) for _ in range(m))
+        self.private = nn.ModuleList(stream() for _ in range(m))
         if self.align_head:
             self.align = mlp(k, k, k)
         if fusion == "concat":
             self.concat = nn.Linear(2 * m * k, k)
         else:
-            self.score = nn.ModuleList(nn.Sequential(nn.Linear(2 * k, k), nn.Tanh(), nn.Linear(k, 1))
+            self.score = nn.ModuleList(nn.Sequential(nn.Linear(2 * k, score_hidden), nn.Tanh(),
+                                                     nn.Linear(score_hidden, 1))
                                        for _ in range(m))
             if fusion != "blocks":
                 self.private_mix = nn.Linear(m * k, k)
@@ -228,9 +245,14 @@ class DSRSDNet(FusionModel):
         ``need_z=False``: ``z`` is None, not computed at all)."""
         hs, present = self.encode(batch)
         if self.batched_streams:
+            # The stacked [M, N, k] tensors are what the fusion and the losses read; the lists
+            # are views of them for callers that index modalities (unused views cost nothing,
+            # whereas unbinding and re-stacking would copy every row twice, forward and back).
             s, p = self._streams_batched(hs)
-            z = self.aligned(s) if aligned and need_z else None
-            return {"h": hs, "s": s, "p": p, "z": z, "present": present}
+            z = self._aligned_stacked(s) if aligned and need_z else None
+            return {"h": hs, "s": list(s.unbind(0)), "p": list(p.unbind(0)),
+                    "z": None if z is None else list(z.unbind(0)), "present": present,
+                    "stacked": {"s": s, "p": p, "z": z}}
         s = [self.shared(a(h)) for a, h in zip(self.adapters, hs, strict=False)]
         if self.residual:
             p = [f(h - b(sm)) for f, b, h, sm in zip(self.private, self.back, hs, s, strict=False)]
@@ -247,8 +269,13 @@ class DSRSDNet(FusionModel):
         (``z_m = s_m`` without the head)."""
         if not self.align_head:
             return list(s)
-        x = torch.stack(s)
-        return list((x + self.align(x.flatten(0, 1)).view_as(x)).unbind(0))
+        return list(self._aligned_stacked(torch.stack(s)).unbind(0))
+
+    def _aligned_stacked(self, s: Tensor) -> Tensor:
+        """:meth:`aligned` on stacked ``[M, N, k]`` streams."""
+        if not self.align_head:
+            return s
+        return s + self.align(s.flatten(0, 1)).view_as(s)
 
     @staticmethod
     def _stacked(layers, x: Tensor) -> Tensor:
@@ -259,19 +286,21 @@ class DSRSDNet(FusionModel):
             return torch.bmm(x, w)
         return torch.baddbmm(torch.stack([lin.bias for lin in layers]).unsqueeze(1), x, w)
 
-    def _streams_batched(self, hs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """``s`` and ``p`` of :meth:`streams` with stacked per-modality weights
-        (``batched_streams=True``)."""
+    def _streams_batched(self, hs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """``s`` and ``p`` of :meth:`streams`, stacked ``[M, N, k]``, with stacked per-modality
+        weights (``batched_streams=True``)."""
         m, n = len(hs), hs[0].shape[0]
         h = torch.stack(hs)
         # The adapter and the shared projector's first Linear compose into one Linear per
         # modality (no nonlinearity between them): one d x d product per step, not per row.
-        first = self.shared[0]
+        first = self.shared[0] if self.stream_layers == 2 else self.shared
         w = first.weight @ torch.stack([a.weight for a in self.adapters])
         b = torch.stack([a.bias for a in self.adapters]) @ first.weight.T + first.bias
         u = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        s = self.shared[1:](u.reshape(m * n, -1)).reshape(m, n, -1)
+        s = self.shared[1:](u.reshape(m * n, -1)).reshape(m, n, -1) if self.stream_layers == 2 else u
         r = h - self._stacked(self.back, s) if self.residual else h
+        if self.stream_layers == 1:
+            return s, self._stacked(self.private, r)
         # The private MLPs (Linear -> GELU -> LayerNorm -> Dropout -> Linear), stacked.
         first, norm, drop, last = ([f[i] for f in self.private] for i in (0, 2, 3, 4))
         x = F.gelu(self._stacked(first, r))
@@ -279,16 +308,43 @@ class DSRSDNet(FusionModel):
         x = x * torch.stack([ln.weight for ln in norm]).unsqueeze(1) + torch.stack(
             [ln.bias for ln in norm]).unsqueeze(1)
         x = F.dropout(x, drop[0].p, self.training)
-        p = self._stacked(last, x)
-        return list(s.unbind(0)), list(p.unbind(0))
+        return s, self._stacked(last, x)
 
-    def _scores_batched(self, s: list[Tensor], p: list[Tensor]) -> Tensor:
+    def _scores_batched(self, s: Tensor, p: Tensor) -> Tensor:
+        """Fusion scores ``[N, M]`` from stacked ``[M, N, k]`` streams."""
         # The first Linear reads [s; p]: split its weight instead of concatenating the inputs.
         w = torch.stack([sc[0].weight for sc in self.score]).transpose(1, 2)  # [M, 2k, k]
         b = torch.stack([sc[0].bias for sc in self.score]).unsqueeze(1)
-        x = torch.baddbmm(b, torch.stack(s), w[:, :self.k]).baddbmm_(torch.stack(p), w[:, self.k:])
-        x = torch.tanh(x)
+        x = torch.tanh(torch.baddbmm(b, s, w[:, :self.k]).baddbmm_(p, w[:, self.k:]))
         return self._stacked([sc[2] for sc in self.score], x).squeeze(-1).T
+
+    def _fuse_stacked(self, s: Tensor, p: Tensor, z: Tensor,
+                      present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`fuse` on stacked ``[M, N, k]`` streams (``batched_streams=True``)."""
+        if self.fusion == "concat":
+            return self.fuse(list(s.unbind(0)), list(p.unbind(0)), list(z.unbind(0)), present)
+        m, n = p.shape[:2]
+        pres = present.to(z.dtype)
+        n_present = pres.sum(1, keepdim=True)
+        if self.fusion == "mean":
+            alpha = pres / n_present
+        else:
+            scores = self._scores_batched(s, p)
+            alpha = torch.softmax(scores.float().masked_fill(~present, float("-inf")), 1)
+            alpha = alpha.to(z.dtype)
+        s_bar = (alpha.T.unsqueeze(-1) * z).sum(0)
+        if self.fusion == "blocks":
+            w = (alpha * m).T.unsqueeze(-1)  # block weights M * alpha_m, as in fuse
+            f = torch.cat([s_bar, (p * w).transpose(0, 1).reshape(n, -1)], 1)
+            return f, alpha, torch.ones_like(s_bar)
+        p_cat = p.transpose(0, 1).reshape(n, -1)
+        if bool(present.all()):
+            p_bar = self.private_mix(p_cat)
+        else:
+            p_cat = (p * pres.T.unsqueeze(-1)).transpose(0, 1).reshape(n, -1)
+            p_bar = self.private_mix(p_cat) * (m / n_present)
+        g = torch.sigmoid(self.gate(torch.cat([s_bar, p_bar], 1)))
+        return g * s_bar + (1 - g) * p_bar, alpha, g
 
     def fuse(self, s: list[Tensor], p: list[Tensor], z: list[Tensor],
              present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -302,11 +358,8 @@ class DSRSDNet(FusionModel):
         if self.fusion == "mean":
             alpha = pres / n_present
         else:
-            if self.batched_streams:
-                scores = self._scores_batched(s, p)
-            else:
-                scores = torch.cat([sc(torch.cat([si, pi], 1))
-                                    for sc, si, pi in zip(self.score, s, p, strict=False)], 1)
+            scores = torch.cat([sc(torch.cat([si, pi], 1))
+                                for sc, si, pi in zip(self.score, s, p, strict=False)], 1)
             alpha = torch.softmax(scores.float().masked_fill(~present, float("-inf")), 1)
             alpha = alpha.to(z[0].dtype)
         s_bar = alpha[:, :1] * z[0]  # (not sum(): its 0 + ... start is one more op per step)
@@ -334,7 +387,7 @@ class DSRSDNet(FusionModel):
                    want: frozenset[str] = AUX_TERMS) -> dict[str, Tensor]:
         """Alignment (contrastive, regression), decorrelation, orthogonality, reconstruction
         (the terms in ``want``)."""
-        gather, pick, present, pres = self._aux_rows(st)
+        gather, pick, present, pres, _ = self._aux_rows(st)
         s, p = ([pick(t) for t in st[key]] for key in ("s", "p"))
         z = None if st["z"] is None else [pick(t) for t in st["z"]]
         # Window ids (per-step tasks) and input keys, only for the forms (and terms) that use them.
@@ -411,9 +464,10 @@ class DSRSDNet(FusionModel):
         return out
 
     def _aux_rows(self, st: dict) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
-                                           Tensor, Tensor]:
+                                           Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """The rows the auxiliary terms use: ``gather`` (all ranks' rows), ``pick`` (gathered,
-        then the bounded row sample), the gathered presence mask and its sampled rows."""
+        then the bounded row sample), the gathered presence mask, its sampled rows, and
+        ``pick_stacked``, ``pick`` along dimension 1 of a stacked ``[M, N, ...]`` tensor."""
         # Under torchrun every auxiliary term is a statistic of the *global* batch (InfoNCE
         # negatives, covariances), so the rows of all ranks are gathered first.
         gather = self.batch_gather or (lambda t: t)
@@ -424,19 +478,30 @@ class DSRSDNet(FusionModel):
             t = gather(t)
             return t if rows is None else t[rows]
 
-        return gather, pick, present, present if rows is None else present[rows]
+        def pick_stacked(t: Tensor) -> Tensor:
+            if self.batch_gather is not None:
+                return torch.stack([pick(x) for x in t.unbind(0)])
+            return t if rows is None else t[:, rows]
+
+        return gather, pick, present, present if rows is None else present[rows], pick_stacked
 
     def _aux_batched(self, st: dict, batch: Batch,
                      want: frozenset[str] = AUX_TERMS) -> dict[str, Tensor]:
         """:meth:`aux_losses` with every modality pair (and modality) in one call on stacked
         ``[P, n, k]`` rows and masks of the present rows, not copies (``batched_aux=True``);
         ``z`` is computed here, on the sampled rows, when the forward did not need it."""
-        gather, pick, present, pres = self._aux_rows(st)
+        gather, pick, present, pres, pick_stacked = self._aux_rows(st)
         pres = pres.T  # [M, n]
-        s, p = (torch.stack([pick(t) for t in st[key]]) for key in ("s", "p"))
+        stk = st.get("stacked")
+        if stk is not None:
+            s, p = pick_stacked(stk["s"]), pick_stacked(stk["p"])
+            z = None if stk["z"] is None else pick_stacked(stk["z"])
+        else:
+            s, p = (torch.stack([pick(t) for t in st[key]]) for key in ("s", "p"))
+            z = None if st["z"] is None else torch.stack([pick(t) for t in st["z"]])
         out: dict[str, Tensor] = {}
         if want & Z_TERMS:
-            out.update(self._aux_z_terms(st, batch, want, pick, present, pres, s, p))
+            out.update(self._aux_z_terms(st, batch, want, pick, present, pres, s, p, z))
         if self.recon_dims and "recon" in want:
             if self.recon_rows == "aux":
                 out["recon"] = self._recon_masked(batch, pick, pres, list((s + p).unbind(0)))
@@ -447,10 +512,12 @@ class DSRSDNet(FusionModel):
 
     def _aux_z_terms(self, st: dict, batch: Batch, want: frozenset[str],
                      pick: Callable[[Tensor], Tensor], present: Tensor, pres: Tensor, s: Tensor,
-                     p: Tensor) -> dict[str, Tensor]:
+                     p: Tensor, z: Tensor | None) -> dict[str, Tensor]:
         """The alignment, decorrelation and orthogonality terms of :meth:`_aux_batched` (those
-        in ``want``) on the sampled rows: ``pres`` ``[M, n]``, ``s`` and ``p`` ``[M, n, k]``."""
-        z = torch.stack(self.aligned(list(s)) if st["z"] is None else [pick(t) for t in st["z"]])
+        in ``want``) on the sampled rows: ``pres`` ``[M, n]``, ``s``, ``p`` and ``z``
+        ``[M, n, k]`` (``z`` None: computed here from ``s``)."""
+        if z is None:
+            z = self._aligned_stacked(s)
         con_on, orth_on = "align_con" in want, "orth" in want
         need_groups = self.per_step and ((con_on and self.contrastive != "clip") or (
             orth_on and self.orthogonality_form in ("xcorr", "cos2_window")))
@@ -580,8 +647,13 @@ class DSRSDNet(FusionModel):
         lazy_z = self.batched_aux and self.task_reads == "streams"  # z only on the aux rows
         need_z = self.task_reads == "aligned" or not self.skip_unweighted or bool(want & Z_TERMS)
         st = self.streams(batch, aligned=not lazy_z, need_z=need_z)
-        reads = st["s"] if self.task_reads == "streams" else st["z"]
-        f, alpha, g = self.fuse(st["s"], st["p"], reads, st["present"])
+        stk = st.get("stacked")
+        if stk is not None:
+            reads = stk["s"] if self.task_reads == "streams" else stk["z"]
+            f, alpha, g = self._fuse_stacked(stk["s"], stk["p"], reads, st["present"])
+        else:
+            reads = st["s"] if self.task_reads == "streams" else st["z"]
+            f, alpha, g = self.fuse(st["s"], st["p"], reads, st["present"])
         logits = self.head_logits(self.head, f)
         aux = {}
         if want - {"modality_task"}:

@@ -72,7 +72,11 @@ def _run(model: DSRSDNet, batch) -> tuple[dict, dict]:
 FORMS = [GRID, {**GRID, "max_aux_rows": 40, "recon_rows": "aux"}, {},
          {"orthogonality": "cos2_window", "regression": "mse", "task_reads": "streams"},
          {"orthogonality": "cos2", "contrastive": "masked", "fusion": "mean"},
-         {"orthogonality": "xcorr", "fusion": "concat", "max_aux_rows": 30}]
+         {"orthogonality": "xcorr", "fusion": "concat", "max_aux_rows": 30},
+         # The lean streams (one Linear per stream, a narrow fusion scorer), on both fusions
+         # whose stacked path differs: blocks and gate (with missing modalities).
+         {**GRID, "stream_layers": 1, "score_hidden": 5},
+         {"stream_layers": 1, "score_hidden": 3, "fusion": "gate"}]
 
 
 @pytest.mark.parametrize("params", FORMS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items())
@@ -189,7 +193,9 @@ def test_pairs_and_modalities_are_skipped_as_in_the_reference():
 
 @pytest.mark.parametrize("bad,match", [({"contrastive": "pooled"}, "batched_aux"),
                                        ({"decorrelation": "barlow"}, "batched_aux"),
-                                       ({"max_aux_rows": 1}, "max_aux_rows")])
+                                       ({"max_aux_rows": 1}, "max_aux_rows"),
+                                       ({"stream_layers": 3}, "stream_layers"),
+                                       ({"score_hidden": 0}, "score_hidden")])
 def test_fast_options_are_checked(bad, match):
     data = load_synthetic(n=60).train
     with pytest.raises(DsrsdError, match=match) as e:
@@ -204,6 +210,27 @@ def test_fast_model_has_the_reference_parameters():
     fast = DSRSDNet(data.specs, data.task, batched_streams=True, batched_aux=True, **GRID)
     assert [(n, p.shape) for n, p in ref.named_parameters()] == \
         [(n, p.shape) for n, p in fast.named_parameters()]
+
+
+def test_lean_streams_are_smaller_and_default_unchanged():
+    """``stream_layers=1`` makes every stream one ``d -> k`` Linear and ``score_hidden`` sets the
+    scorer's width; the defaults build the book's network (the MLP streams, a scorer of width k)."""
+    data = load_synthetic(n=60).train
+    d, k = 32, 8
+    default = DSRSDNet(data.specs, data.task, d=d, k=k)
+    explicit = DSRSDNet(data.specs, data.task, d=d, k=k, stream_layers=2, score_hidden=k)
+    lean = DSRSDNet(data.specs, data.task, d=d, k=k, stream_layers=1, score_hidden=4)
+    assert [(n, p.shape) for n, p in default.named_parameters()] == \
+        [(n, p.shape) for n, p in explicit.named_parameters()]
+    assert isinstance(lean.shared, torch.nn.Linear) and lean.shared.weight.shape == (k, d)
+    assert all(isinstance(f, torch.nn.Linear) for f in lean.private)
+    assert lean.score[0][0].weight.shape == (4, 2 * k)
+    # Saved: the MLP's first Linear and LayerNorm (d^2 + 3d) in the shared and each private
+    # stream; per modality, the scorer's 2k^2 + 2k + 1 parameters become 2k*4 + 4 + 4 + 1.
+    m = len(data.specs)
+    saved = (m + 1) * (d * d + 3 * d) + m * ((2 * k * k + 2 * k + 1) - (8 * k + 9))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(default) - count(lean) == saved
 
 
 def test_fast_paths_train_as_the_reference():
