@@ -84,12 +84,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 # name -> (experiment file, variant, extra method_params): the configuration a committed
 # result used, its method_params *and* loss weights read from the grid file, so the cost table
-# measures it; ``_skip``: the same with skip_unweighted, which trains the same weights bit for
-# bit (terms weighed 0 are not computed, nor logged).
+# measures it. ``dsrsd_oulad`` / ``dsrsd_assist``: the headline DSRSD-Net (lean streams,
+# skip_unweighted); ``_mlp``: the two-layer streams of the ablation reference, with the same
+# speed-only options (batched_streams, skip_unweighted), so the two differ in the network only.
 EXPERIMENT_VARIANTS = {"dsrsd_oulad": ("oulad_full", "dsrsd", {}),
                        "dsrsd_assist": ("assist_full", "dsrsd", {}),
-                       "dsrsd_oulad_skip": ("oulad_full", "dsrsd", {"skip_unweighted": True}),
-                       "dsrsd_assist_skip": ("assist_full", "dsrsd", {"skip_unweighted": True})}
+                       "dsrsd_oulad_mlp": ("oulad_ablate", "dsrsd", {"batched_streams": True,
+                                                                     "skip_unweighted": True}),
+                       "dsrsd_assist_mlp": ("assist_ablate", "dsrsd", {"batched_streams": True,
+                                                                       "skip_unweighted": True})}
 
 
 def variant_config(name: str) -> tuple[str, dict, dict | None]:

@@ -35,16 +35,16 @@ def test_cost_benchmark_records_the_experiment_weights(tmp_path):
     out = tmp_path / "cost.csv"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "methods_cost.py"),
                         "--datasets", "synthetic", "--sizes", "32x8", "--methods",
-                        "early,dsrsd_fast,dsrsd_oulad,dsrsd_assist_skip", "--rounds", "2",
+                        "early,dsrsd_fast,dsrsd_oulad,dsrsd_assist_mlp", "--rounds", "2",
                         "--number", "1", "--warmup", "1", "--no-memory", "--threads", "1",
                         "--clock", "cpu", "--out", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {x["method"]: x for x in csv.DictReader(out.open())}
-    assert list(rows) == ["early", "dsrsd_fast", "dsrsd_oulad", "dsrsd_assist_skip"]
+    assert list(rows) == ["early", "dsrsd_fast", "dsrsd_oulad", "dsrsd_assist_mlp"]
     from dsrsd.config import DEFAULT_WEIGHTS
     assert json.loads(rows["dsrsd_fast"]["weights"]) == DEFAULT_WEIGHTS
-    for name in ("dsrsd_oulad", "dsrsd_assist_skip"):
+    for name in ("dsrsd_oulad", "dsrsd_assist_mlp"):
         _, params, weights = methods_cost.variant_config(name)
         assert json.loads(rows[name]["weights"]) == {**DEFAULT_WEIGHTS, **weights}
         assert json.loads(rows[name]["method_params"]) == params
