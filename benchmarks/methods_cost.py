@@ -74,6 +74,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dsrsd_grid": ("dsrsd", {**GRID, "batched_streams": True}),
     "dsrsd_fast": ("dsrsd", {**GRID, "batched_streams": True, "batched_aux": True,
                              "max_aux_rows": 256, "recon_rows": "aux"}),
+    # dsrsd_fast on the lean streams of the full-budget runs (one Linear per stream, scorer 16).
+    "dsrsd_lean": ("dsrsd", {**GRID, "batched_streams": True, "batched_aux": True,
+                             "max_aux_rows": 256, "recon_rows": "aux", "stream_layers": 1,
+                             "score_hidden": 16}),
     "misa": ("misa", {}),
     "coral": ("coral", {"ortho": "cos2"}),
     "coral_probe_ssl": ("coral", {"ortho": "cos2", "protocol": "probe"}),

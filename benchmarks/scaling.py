@@ -10,7 +10,8 @@ sequence of ``L`` steps, the others tabular with 16 features), and per-step task
 ASSISTments (32 windows of ``L`` steps, a causal history and two per-step float modalities,
 about a third of the steps scored). Each axis varies one of batch ``B``, modalities ``M``,
 steps ``L`` around a base point; every point times early fusion, DSRSD-Net with the main grid's
-options on the reference path (``dsrsd_grid``) and with the fast paths (``dsrsd_fast``), with
+options on the reference path (``dsrsd_grid``), with the fast paths (``dsrsd_fast``) and on the
+lean streams of the full-budget runs (``dsrsd_lean``; every term at the default weights), with
 ``methods_cost``'s interleaved ``torch.utils.benchmark`` timing; ``x early`` is the paired
 median ratio per round.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import methods_cost as mc  # noqa: E402
 
-METHODS = ("early", "dsrsd_grid", "dsrsd_fast")
+METHODS = ("early", "dsrsd_grid", "dsrsd_fast", "dsrsd_lean")
 # (axis, task, B, M, L): one axis moves at a time around the base points B=512, M=3, L=16
 # (per-sample) and B=32 windows, L=200 steps (per-step, ASSISTments-like).
 GRID = ([("batch", "binary", b, 3, 16) for b in (128, 512, 2048)]
