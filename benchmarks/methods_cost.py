@@ -60,6 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 GRID = {"fusion": "blocks", "orthogonality": "xcorr", "contrastive": "masked",
         "task_reads": "streams"}
+# The grid's options with the fast paths and the bounded row sample (issue 13 item 4).
+FAST = {**GRID, "batched_streams": True, "batched_aux": True, "max_aux_rows": 256,
+        "recon_rows": "aux"}
 
 # name -> (registry method, method_params); the loss weights are TrainConfig's defaults.
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -72,12 +75,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # The options of the main grids (issue 12), with the reference auxiliary path, then with
     # the fast paths and the bounded row sample (issue 13 item 4; same model, see model.py).
     "dsrsd_grid": ("dsrsd", {**GRID, "batched_streams": True}),
-    "dsrsd_fast": ("dsrsd", {**GRID, "batched_streams": True, "batched_aux": True,
-                             "max_aux_rows": 256, "recon_rows": "aux"}),
+    "dsrsd_fast": ("dsrsd", FAST),
     # dsrsd_fast on the lean streams of the full-budget runs (one Linear per stream, scorer 16).
-    "dsrsd_lean": ("dsrsd", {**GRID, "batched_streams": True, "batched_aux": True,
-                             "max_aux_rows": 256, "recon_rows": "aux", "stream_layers": 1,
-                             "score_hidden": 16}),
+    "dsrsd_lean": ("dsrsd", {**FAST, "stream_layers": 1, "score_hidden": 16}),
     "misa": ("misa", {}),
     "coral": ("coral", {"ortho": "cos2"}),
     "coral_probe_ssl": ("coral", {"ortho": "cos2", "protocol": "probe"}),

@@ -294,15 +294,17 @@ class DSRSDNet(FusionModel):
         weights (``batched_streams=True``)."""
         m, n = len(hs), hs[0].shape[0]
         h = torch.stack(hs)
+        lean = self.stream_layers == 1  # each stream one Linear: no MLP tail to run
         # The adapter and the shared projector's first Linear compose into one Linear per
         # modality (no nonlinearity between them): one d x d product per step, not per row.
-        first = self.shared[0] if self.stream_layers == 2 else self.shared
+        first = self.shared if lean else self.shared[0]
         w = first.weight @ torch.stack([a.weight for a in self.adapters])
         b = torch.stack([a.bias for a in self.adapters]) @ first.weight.T + first.bias
-        u = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        s = self.shared[1:](u.reshape(m * n, -1)).reshape(m, n, -1) if self.stream_layers == 2 else u
+        s = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if not lean:
+            s = self.shared[1:](s.reshape(m * n, -1)).reshape(m, n, -1)
         r = h - self._stacked(self.back, s) if self.residual else h
-        if self.stream_layers == 1:
+        if lean:
             return s, self._stacked(self.private, r)
         # The private MLPs (Linear -> GELU -> LayerNorm -> Dropout -> Linear), stacked.
         first, norm, drop, last = ([f[i] for f in self.private] for i in (0, 2, 3, 4))
