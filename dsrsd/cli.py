@@ -1,4 +1,4 @@
-"""Command line: ``python -m dsrsd train|sweep|bench ...``.
+"""Command line: ``python -m dsrsd train|sweep|replay ...``.
 
 Every user error is a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
 """
@@ -147,6 +147,8 @@ def build_parser() -> tuple[OneLineParser, object]:
     parser = OneLineParser(prog="python -m dsrsd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    from dsrsd import replay
+    replay.add_parser(sub)
     try:
         from dsrsd import sweep as sweep_mod
         sweep_mod.add_parser(sub)
@@ -190,6 +192,9 @@ def _dispatch(parser: argparse.ArgumentParser, a: argparse.Namespace, sweep_mod)
             return _train(a)
         if a.command == "sweep" and sweep_mod is not None:
             return sweep_mod.run(a)
+        if a.command == "replay":
+            from dsrsd import replay
+            return replay.run(a)
         parser.error(f"unknown command {a.command}")
     except DsrsdError as e:
         print(f"error: {e}", file=sys.stderr)

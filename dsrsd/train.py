@@ -237,7 +237,8 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None = None,
-        resume: bool = False, progress: bool = True, labels: dict | None = None) -> dict:
+        resume: bool = False, progress: bool = True, labels: dict | None = None,
+        stop_after: int | None = None) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset`` and return its record (also written to ``out``).
 
     ``labels`` (e.g. a sweep's ``variant``, ``setting``, ``run_id``) go into the record before
@@ -253,6 +254,10 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     :mod:`dsrsd.observe` (``train_auc``, ``grad_norm``, ``alpha``, ``gate``) and the epoch's
     ``weights`` and ``weighted`` terms; ``selection`` says how ``best_epoch`` was chosen
     (:class:`~dsrsd.config.TrainConfig` ``select_after_warmup``).
+
+    ``stop_after``: train only the first that many epochs of the config's schedule and return
+    just the record's provenance and ``history``, with no evaluation or files
+    (:mod:`dsrsd.replay` compares them with a committed record).
     """
     t0 = time.perf_counter()
     rank, world = _dist_info()
@@ -292,7 +297,9 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
         history, epochs_run, best_epoch = [], 0, -1
     else:
         history, epochs_run, best_epoch = _train_loop(model, cfg, train, val, device, out,
-                                                      resume, progress, rank, world)
+                                                      resume, progress, rank, world, stop_after)
+        if stop_after is not None:
+            return {**record, "history": history, "epochs_run": epochs_run}
     trim = cfg.length_buckets > 0  # evaluation: trimmed batches in the plain order
     val_metrics = evaluate(model, val, device=device, amp=cfg.amp, trim=trim)
     # One prediction pass on test serves the record and its predictions file, so the file
@@ -331,7 +338,8 @@ def selection_policy(cfg: TrainConfig) -> dict:
             "first_eligible_epoch": min(cfg.selection_start(), cfg.epochs - 1)}
 
 
-def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progress, rank, world):
+def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progress, rank, world,
+                stop_after: int | None = None):
     opt = make_optimizer(model, cfg)
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
@@ -400,7 +408,7 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
         elif eligible:
             bad_epochs += 1
         bar.set_postfix(loss=f"{row['total']:.3f}", val_auc=f"{row['val_auc']:.3f}")
-        stop = bad_epochs >= cfg.patience
+        stop = bad_epochs >= cfg.patience or len(history) == stop_after
         if out is not None and rank == 0:
             atomic_torch_save({"format": CHECKPOINT_FORMAT, "config_hash": cfg.hash(),
                                "model": model.state_dict(), "optimizer": opt.state_dict(),
