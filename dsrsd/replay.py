@@ -26,7 +26,7 @@ from pathlib import Path
 from dsrsd.errors import DsrsdError
 
 FIELDS = ("run_id", "setting", "variant", "record_commit", "replay_commit", "epochs", "numbers",
-          "max_abs_diff", "worst", "identical", "within_tol", "tol", "device", "wall_s", "note")
+          "max_abs_diff", "worst", "identical", "within_tol", "tol", "device", "date", "wall_s", "note")
 
 
 def flat_numbers(row: dict, prefix: str = "") -> dict[str, float]:
@@ -80,7 +80,7 @@ def replay(run_dir: str | Path, epochs: int = 1, tol: float = 0.0, threads: int 
 
     from dsrsd.config import TrainConfig
     from dsrsd.data import load_dataset
-    from dsrsd.records import device_name, git_commit
+    from dsrsd.records import device_name, git_commit, provenance
     from dsrsd.train import fit
 
     if epochs < 1:
@@ -112,7 +112,8 @@ def replay(run_dir: str | Path, epochs: int = 1, tol: float = 0.0, threads: int 
             "epochs": n, "numbers": res["numbers"], "max_abs_diff": res["max_abs_diff"],
             "worst": res["worst"], "identical": res["max_abs_diff"] == 0 and not res["keys_differ"],
             "within_tol": res["max_abs_diff"] <= tol, "tol": tol,
-            "device": device_name(torch.device("cpu")), "wall_s": round(time.perf_counter() - t0, 1),
+            "device": device_name(torch.device("cpu")),
+            "date": provenance(torch.device("cpu"))["date"], "wall_s": round(time.perf_counter() - t0, 1),
             "note": note}
 
 
@@ -132,7 +133,7 @@ def write_table(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     w.writeheader()
-    for r in sorted(rows, key=lambda r: (r["run_id"], str(r["replay_commit"]))):
+    for r in sorted(rows, key=lambda r: r["run_id"]):
         w.writerow({k: r.get(k, "") for k in FIELDS})
     atomic_write_bytes(path, buf.getvalue().encode())
 
@@ -145,23 +146,23 @@ def add_parser(sub) -> None:
     p.add_argument("--tol", type=float, default=0.0,
                    help="largest absolute difference accepted (default 0: identical)")
     p.add_argument("--out", default=None, help="CSV to add the rows to; runs it already holds "
-                   "for this commit are skipped (resumable)")
+                   "are skipped (resumable), unless --again")
+    p.add_argument("--again", action="store_true",
+                   help="replay runs --out already holds too (their new row replaces the old)")
 
 
 def run(a: argparse.Namespace) -> int:
     """``python -m dsrsd replay``: exit 0 when every replayed record is within ``--tol``, else 1."""
     from tqdm.std import tqdm
 
-    from dsrsd.records import git_commit
     if a.tol < 0 or not math.isfinite(a.tol):
         raise DsrsdError(f"--tol must be a finite number >= 0, got {a.tol}")
     out = Path(a.out) if a.out else None
     rows = read_table(out) if out else []
-    head = git_commit()
-    done = {(r["run_id"], r["replay_commit"]) for r in rows}
+    done = {r["run_id"] for r in rows}
     # every record read first, so a bad folder is one line before any work
     ids = [read_record(d).get("run_id", Path(d).name) for d in a.runs]
-    todo = [d for d, rid in zip(a.runs, ids, strict=True) if (rid, head) not in done]
+    todo = [d for d, rid in zip(a.runs, ids, strict=True) if a.again or rid not in done]
     bad = 0
     for run_dir in tqdm(todo, desc="replay", leave=False):
         row = replay(run_dir, a.epochs, a.tol)
@@ -171,7 +172,7 @@ def run(a: argparse.Namespace) -> int:
         print(f"{row['run_id']}: {verdict} ({row['numbers']} numbers, {row['epochs']} epoch(s), "
               f"recorded by {row['record_commit'][:12]})", flush=True)
         if out:
-            rows.append(row)
+            rows = [r for r in rows if r["run_id"] != row["run_id"]] + [row]
             write_table(out, rows)  # after each run: an interrupted audit resumes
     return 1 if bad else 0
 

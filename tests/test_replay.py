@@ -120,6 +120,8 @@ def test_cli_writes_a_resumable_table_and_fails_on_a_difference(dsrsd_run, tmp_p
     assert "identical" in r.stdout and table.read_text().count("\n") == 2
     again = run_cli("replay", str(dsrsd_run), "--out", str(table))  # done: skipped
     assert again.returncode == 0 and again.stdout == "" and table.read_text().count("\n") == 2
+    forced = run_cli("replay", str(dsrsd_run), "--out", str(table), "--again")  # replaces its row
+    assert "identical" in forced.stdout and table.read_text().count("\n") == 2
 
     def edit(rec):
         rec["history"][0]["task"] *= 1.5
