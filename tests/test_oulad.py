@@ -140,6 +140,40 @@ def test_cross_domain_split(prepared, direction, src, dst):
         assert got == want
 
 
+@pytest.mark.parametrize("direction,src,dst", [("stem2soc", {"CCC", "DDD"}, {"AAA", "GGG"}),
+                                               ("soc2stem", {"AAA", "GGG"}, {"CCC", "DDD"})])
+def test_target_half_splits_pair_a_cross_domain_run_with_its_in_domain_reference(
+        prepared, direction, src, dst):
+    def regs(d):
+        return set(zip(d.extras["id_student"].tolist(), d.extras["presentation"].tolist(), strict=True))
+
+    cross = load_oulad(prepared, split="cross_domain_half", direction=direction)
+    ref = load_oulad(prepared, split="in_domain_half", direction=direction, seed=3)
+    whole = load_oulad(prepared, split="cross_domain", direction=direction)
+    mods = cross.info["modules"]
+
+    def modules(d):
+        return {mods[i] for i in d.extras["module"].tolist()}
+    # one test set: the same registrations for both, whatever the run seed
+    assert regs(cross.test) == regs(ref.test) == regs(
+        load_oulad(prepared, split="cross_domain_half", direction=direction, seed=5).test)
+    assert modules(cross.test) == dst and modules(cross.train) == src == modules(cross.val)
+    assert modules(ref.train) == dst == modules(ref.val)
+    # the test half: whole students, about half of the target's, none trained on in-domain
+    test_students = set(cross.test.extras["id_student"].tolist())
+    target_students = set(whole.test.extras["id_student"].tolist())
+    assert test_students < target_students
+    assert abs(len(test_students) - len(target_students) / 2) <= 1
+    held = {r for r in regs(whole.test) if r[0] in test_students}
+    assert regs(cross.test) == held  # every registration of a test student is in test
+    trained = set(ref.train.extras["id_student"].tolist()) | set(ref.val.extras["id_student"].tolist())
+    assert not trained & test_students and trained | test_students == target_students
+    assert ref.info["params"]["split"] == "in_domain_half"
+    assert ref.info["params"]["direction"] == direction
+    with pytest.raises(DsrsdError, match="split must be one of"):
+        load_oulad(prepared, split="in_domain")
+
+
 def test_removed_registrations(prepared, tables):
     s = load_oulad(prepared, cutoff=0.5)
     reg = tables["studentRegistration"].merge(tables["courses"])

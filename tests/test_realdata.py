@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import prepare_real
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -69,6 +70,22 @@ def test_oulad_cross_domain_counts(oulad_dir):
     b = load_oulad(oulad_dir, split="cross_domain", direction="soc2stem")
     assert len(a.train) + len(a.val) == len(b.test) == 15678
     assert len(b.train) + len(b.val) == len(a.test) == 8927
+
+
+def test_oulad_target_half_counts(oulad_dir):
+    """The cross-domain runs at full budget and their in-domain references share a test half."""
+    want = {"stem2soc": (4467, 4394, 13327 + 2351, 3791 + 669),
+            "soc2stem": (7825, 6969, 7588 + 1339, 6676 + 1177)}
+    for direction, (n_test, n_students, n_cross, n_ref) in want.items():
+        cross = load_oulad(oulad_dir, split="cross_domain_half", direction=direction)
+        ref = load_oulad(oulad_dir, split="in_domain_half", direction=direction)
+        for s in (cross, ref):
+            assert s.info["counts"]["test"]["registrations"] == n_test
+            assert s.info["counts"]["test"]["students"] == n_students
+        assert torch.equal(cross.test.extras["id_student"], ref.test.extras["id_student"])
+        assert len(cross.train) + len(cross.val) == n_cross
+        assert len(ref.train) + len(ref.val) == n_ref
+        assert ref.info["students_in_train_and_test"] == 0
 
 
 def test_oulad_baseline_auc(oulad_dir):

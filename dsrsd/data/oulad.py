@@ -412,19 +412,41 @@ def _registrations(t: dict, c: np.ndarray) -> tuple[pd.DataFrame, dict]:
     return df, counts
 
 
+# The fixed seed of the target half (the ``*_half`` splits): one test set for every run seed and
+# for both the cross-domain run and its in-domain reference, so the two pair registration by
+# registration.
+TARGET_HALF_SEED = 0
+SPLITS = ("temporal", "cross_domain", "cross_domain_half", "in_domain_half")
+
+
+def target_half(students: np.ndarray) -> np.ndarray:
+    """The test half of the target faculty's students (ids): a seeded permutation of the sorted
+    unique ids, its first half, independent of the run seed."""
+    ids = np.unique(students)
+    order = np.random.default_rng(TARGET_HALF_SEED).permutation(len(ids))
+    return ids[order[: len(ids) // 2]]
+
+
 def _assign(df: pd.DataFrame, courses: pd.DataFrame, split: str, direction: str,
             val_frac: float, seed: int) -> np.ndarray:
     """0 = train, 1 = val, 2 = test, -1 = unused, per registration."""
     mod = courses["code_module"].to_numpy()[df["pres"].to_numpy()]
+    sid = df["id_student"].to_numpy()
     if split == "temporal":
         year = courses["code_presentation"].str[:4].to_numpy()[df["pres"].to_numpy()]
         part = np.select([year == "2013", year == "2014"], [0, 2], -1)
     else:
         src, dst = (STEM, SOCIAL) if direction == "stem2soc" else (SOCIAL, STEM)
-        part = np.select([np.isin(mod, src), np.isin(mod, dst)], [0, 2], -1)
+        in_src, in_dst = np.isin(mod, src), np.isin(mod, dst)
+        if split == "cross_domain":
+            part = np.select([in_src, in_dst], [0, 2], -1)
+        else:  # test: half of the target's students; train: the source, or the target's rest
+            test = in_dst & np.isin(sid, target_half(sid[in_dst]))
+            pool = in_src if split == "cross_domain_half" else in_dst & ~test
+            part = np.select([pool, test], [0, 2], -1)
     # validation: whole students, in a seeded order, until val_frac of training registrations
     train = part == 0
-    students, per = np.unique(df["id_student"].to_numpy()[train], return_counts=True)
+    students, per = np.unique(sid[train], return_counts=True)
     if len(students) > 1:
         order = np.random.default_rng(seed).permutation(len(students))
         take = np.cumsum(per[order]) <= val_frac * train.sum()
@@ -432,7 +454,7 @@ def _assign(df: pd.DataFrame, courses: pd.DataFrame, split: str, direction: str,
         if take.all():
             take[-1] = False  # ... and at least one left for training
         val_students = students[order[take]]
-        part[train & np.isin(df["id_student"].to_numpy(), val_students)] = 1
+        part[train & np.isin(sid, val_students)] = 1
     return part
 
 
@@ -574,11 +596,11 @@ def _build(t: dict, sv: dict, cutoff: float, label: str, split: str, direction: 
                         "positive_rate": float((result[sel] >= 2).mean()),
                         "class_counts": np.bincount(result[sel], minlength=4).tolist(),
                         "presentations": sorted({pres_names[p] for p in df["pres"][sel]})}
-    tr_students = set(df["id_student"].to_numpy()[part <= 1])
+    tr_students = set(df["id_student"].to_numpy()[(part == 0) | (part == 1)])  # -1: unused
     out["info"] = {
         "dataset": "oulad", "protocol": "A",
         "params": {"cutoff": cutoff, "label": label, "split": split,
-                   "direction": direction if split == "cross_domain" else None,
+                   "direction": direction if split != "temporal" else None,
                    "val_frac": val_frac, "seed": seed},
         "counts": counts, "removed": removed,
         "students_in_train_and_test": len(tr_students & set(df["id_student"][part == 2])),
@@ -612,8 +634,8 @@ def _check_params(cutoff: float, label: str, split: str, direction: str, val_fra
         raise DsrsdError(f"cutoff must be in (0, 1] (a fraction of the module length), got {cutoff!r}")
     if label not in ("binary", "4class"):
         raise DsrsdError(f"label must be 'binary' or '4class', got {label!r}")
-    if split not in ("temporal", "cross_domain"):
-        raise DsrsdError(f"split must be 'temporal' or 'cross_domain', got {split!r}")
+    if split not in SPLITS:
+        raise DsrsdError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if direction not in ("stem2soc", "soc2stem"):
         raise DsrsdError(f"direction must be 'stem2soc' or 'soc2stem', got {direction!r}")
     if not isinstance(val_frac, (int, float)) or not 0 < val_frac < 1:
@@ -631,7 +653,11 @@ def load_oulad(data_dir: str | Path | None = None, cutoff: float = 0.5,
     ``assessments`` (sequence ``[N, A, 9]``, the assessments due before the cutoff in date order;
     ``pad`` True for those). ``label``: ``"binary"`` (Fail/Withdrawn = 1, float) or ``"4class"``
     (Distinction, Pass, Fail, Withdrawn = 0..3, long). ``split``: ``"temporal"`` (2013 -> 2014) or
-    ``"cross_domain"`` (``direction`` ``"stem2soc"`` or ``"soc2stem"``). Validation holds
+    ``"cross_domain"`` (``direction`` ``"stem2soc"`` or ``"soc2stem"``: train on the first
+    faculty's modules, test on the second's). With a fixed half of the target faculty's students
+    as the test set (:func:`target_half`): ``"cross_domain_half"`` trains on the source faculty,
+    ``"in_domain_half"`` (the in-domain reference) on the target faculty's other students; both
+    have the same test registrations, so they pair. Validation holds
     ``val_frac`` of the training registrations, whole students, drawn with ``seed``.
 
     Reads the cache made by :func:`prepare_oulad` (``source`` given: prepares it first, with the
@@ -644,7 +670,7 @@ def load_oulad(data_dir: str | Path | None = None, cutoff: float = 0.5,
     elif not oulad_cache_ok(data_dir):
         raise DsrsdError(f"no prepared OULAD under {root}: run "
                          "python data_scripts/get_oulad.py [--source ZIP] [--data-dir DIR]")
-    tag = direction if split == "cross_domain" else "all"
+    tag = direction if split != "temporal" else "all"
     key = f"v{TENSOR_FORMAT}_c{cutoff:g}_{label}_{split}_{tag}_val{val_frac:g}_s{seed}"
 
     def build() -> dict:
