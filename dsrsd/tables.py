@@ -291,6 +291,63 @@ def significance(df: pd.DataFrame, ref: str = "dsrsd", metric: str = "test_auc",
     return out
 
 
+TRANSFER_COLS = ["variant", "n_pairs", "home_mean", "cross_mean", "gap", "gap_lo", "gap_hi",
+                 "p_value", "p_holm"]
+
+
+def _gaps(df: pd.DataFrame, cross: str, home: str, metric: str) -> dict[str, pd.Series]:
+    """Per variant with records in both settings: its ``cross - home`` difference per unit
+    (seed), over the units it ran in both."""
+    out = {}
+    for v, sub in df[df["setting"].isin([cross, home])].groupby("variant"):
+        if set(sub["setting"]) == {cross, home}:
+            pair = stats.pair_units(sub, cross, home, metric, by="setting")
+            out[v] = pair[cross] - pair[home]
+    return out
+
+
+def transfer(df: pd.DataFrame, cross: str, home: str, metric: str = "test_auc") -> pd.DataFrame:
+    """What each method loses across domains: its ``metric`` in the cross-domain setting
+    ``cross`` and in the in-domain reference ``home`` (the same test set, trained on the target
+    domain), and the gap ``cross - home`` paired by seed with its 95% t interval, the paired
+    t p-value and Holm's adjustment over the methods. Methods without records in both are left
+    out; a gap with fewer than two pairs is untested (NaN)."""
+    rows = []
+    for v, gap in sorted(_gaps(df, cross, home, metric).items()):
+        sub = df[df["variant"] == v]
+        pair = stats.pair_units(sub, cross, home, metric, by="setting")
+        t = stats.paired_t(pair[cross], pair[home])
+        rows.append({"variant": v, "n_pairs": len(gap), "home_mean": float(pair[home].mean()),
+                     "cross_mean": float(pair[cross].mean()), "gap": t.mean_diff,
+                     "gap_lo": t.lo, "gap_hi": t.hi, "p_value": t.p_value})
+    out = pd.DataFrame(rows, columns=TRANSFER_COLS)
+    if len(out):
+        out["p_holm"] = stats.holm(out["p_value"], nan_policy="omit")
+    return out
+
+
+def transfer_vs(df: pd.DataFrame, cross: str, home: str, ref: str = "dsrsd",
+                metric: str = "test_auc") -> pd.DataFrame:
+    """Does ``ref`` lose less across domains than each other method? Per method: the mean of
+    ``ref``'s gap minus the method's gap (:func:`transfer`), paired by seed (positive: ``ref``
+    loses less), its 95% t interval, the paired t p-value and Holm over the methods."""
+    gaps = _gaps(df, cross, home, metric)
+    rows = []
+    if ref in gaps:
+        for v, gap in sorted(gaps.items()):
+            shared = sorted(set(gap.index) & set(gaps[ref].index))
+            if v == ref or not shared:
+                continue
+            t = stats.paired_t(gaps[ref].loc[shared], gap.loc[shared])
+            rows.append({"variant": v, "n_pairs": len(shared), "diff": t.mean_diff,
+                         "diff_lo": t.lo, "diff_hi": t.hi, "p_value": t.p_value})
+    out = pd.DataFrame(rows, columns=["variant", "n_pairs", "diff", "diff_lo", "diff_hi",
+                                      "p_value", "p_holm"])
+    if len(out):
+        out["p_holm"] = stats.holm(out["p_value"], nan_policy="omit")
+    return out
+
+
 UNIT_COLS = ["setting", "ref", "variant", "group", "n_pairs", "n_runs", "n_units", "mean_diff",
              "diff_units_lo", "diff_units_hi", "predictions"]
 

@@ -207,3 +207,27 @@ def test_unit_bootstrap_pairs_runs_by_seed_and_says_why_a_row_is_nan(tmp_path):
         "misa", "predictions"]
     assert ub.loc["clear", "n_pairs"] == 0 and np.isnan(ub.loc["clear", "mean_diff"])
     assert tables.unit_bootstrap(tmp_path, df.iloc[0:0]).empty
+
+
+def test_transfer_pairs_each_method_with_its_in_domain_reference_by_seed():
+    # in-domain: dsrsd 0.80, early 0.82; across domains dsrsd loses 0.02, early 0.05
+    home = _frame({"dsrsd": 0.80, "early": 0.82, "gbdt": 0.78}, setting="home")
+    cross = _frame({"early": 0.77, "dsrsd": 0.78, "late": 0.70}, setting="cross")  # other wobble
+    df = pd.concat([home, cross], ignore_index=True)
+    df = df[~((df["setting"] == "cross") & (df["variant"] == "early") & (df["seed"] == 0))]
+    t = tables.transfer(df, "cross", "home").set_index("variant")
+    assert list(t.index) == ["dsrsd", "early"]  # gbdt and late lack one of the two settings
+    assert t.loc["early", "n_pairs"] == 4 and t.loc["dsrsd", "n_pairs"] == 5
+    assert t.loc["dsrsd", "gap"] == pytest.approx(-0.02)  # the wobble averages out over 5 seeds
+    assert t.loc["early", "gap"] == pytest.approx(-0.05, abs=0.002)
+    pair = stats.pair_units(df[df["variant"] == "early"], "cross", "home", by="setting")
+    ref = stats.paired_t(pair["cross"], pair["home"])
+    assert (t.loc["early", "gap_lo"], t.loc["early", "gap_hi"], t.loc["early", "p_value"]) == (
+        ref.lo, ref.hi, ref.p_value)
+    np.testing.assert_allclose(t["p_holm"], stats.holm(t["p_value"]))
+    vs = tables.transfer_vs(df, "cross", "home").set_index("variant")
+    assert list(vs.index) == ["early"] and vs.loc["early", "n_pairs"] == 4
+    assert vs.loc["early", "diff"] == pytest.approx(0.03, abs=0.002)  # dsrsd loses 0.03 less
+    assert vs.loc["early", "diff_lo"] < 0.03 < vs.loc["early", "diff_hi"]
+    assert tables.transfer(df, "cross", "nowhere").empty
+    assert tables.transfer_vs(df[df["variant"] != "dsrsd"], "cross", "home").empty
