@@ -5,7 +5,9 @@
 writes ``records.csv`` (one row per run), ``summary.csv`` (mean +- std per setting x variant),
 ``significance.csv`` (DSRSD-Net vs each variant, paired over matched seeds/folds, Holm-corrected
 within each table), ``robustness.csv`` (test AUC and retained skill with modalities hidden at
-test time) and ``errors.csv`` (failed runs, from ``error.json``). The statistics are
+test time) and ``errors.csv`` (failed runs, from ``error.json``); with ``--unit-bootstrap`` also
+``unit_bootstrap.csv`` (:func:`write_unit_bootstrap`: intervals over test students, from the
+runs' predictions files). The statistics are
 :mod:`dsrsd.stats`; the sentences about them are :mod:`dsrsd.verdicts`.
 """
 
@@ -349,7 +351,7 @@ def transfer_vs(df: pd.DataFrame, cross: str, home: str, ref: str = "dsrsd",
 
 
 UNIT_COLS = ["setting", "ref", "variant", "group", "n_pairs", "n_runs", "n_units", "mean_diff",
-             "diff_units_lo", "diff_units_hi", "predictions"]
+             "diff_units_lo", "diff_units_hi", "predictions", "runs"]
 
 
 def unit_bootstrap(runs_dir: str | Path, df: pd.DataFrame, ref: str = "dsrsd",
@@ -364,7 +366,7 @@ def unit_bootstrap(runs_dir: str | Path, df: pd.DataFrame, ref: str = "dsrsd",
     in its place: it resamples students, not seeds. ``n_pairs``: seeds/folds both ran;
     ``n_runs``: pairs that entered the bootstrap; ``predictions``: ``ok``, or why the row is
     NaN (a run without a predictions file, written before runs kept one; runs on different test
-    rows)."""
+    rows); ``runs``: the run ids that entered, ``ref_run:other_run`` per pair."""
     from dsrsd.predictions import PREDICTIONS_FILE, read_predictions
 
     runs_dir, rows, cache = Path(runs_dir), [], {}
@@ -407,7 +409,8 @@ def unit_bootstrap(runs_dir: str | Path, df: pd.DataFrame, ref: str = "dsrsd",
                 continue
             res = stats.paired_unit_bootstrap_runs(paired, n_boot, seed, level)
             row.update(n_runs=res.n_runs, n_units=res.n_units, mean_diff=res.mean_diff,
-                       diff_units_lo=res.lo, diff_units_hi=res.hi, predictions="ok")
+                       diff_units_lo=res.lo, diff_units_hi=res.hi, predictions="ok",
+                       runs=" ".join(f"{a}:{b}" for a, b in ids))
             rows.append(row)
     return pd.DataFrame(rows, columns=UNIT_COLS)
 
@@ -478,6 +481,69 @@ def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "resul
     return frames
 
 
+def write_unit_bootstrap(runs_dir: str | Path = "results/runs", out: str | Path = "results",
+                         n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Write ``unit_bootstrap.csv``: :func:`unit_bootstrap` of DSRSD-Net against every method
+    of every setting, from the predictions files this machine holds.
+
+    The files are per-student copies of the real test data, so they are never committed, and a
+    fresh checkout has none; this table of statistics made from them is committed. So that a
+    machine without the files does not erase what another computed, a comparison it cannot
+    compute keeps the ``ok`` row already in ``out`` while every run that row names is still a
+    record. CI does not regenerate the file; a test checks each ``ok`` row against the records
+    (:func:`check_unit_bootstrap`)."""
+    df = load_records(runs_dir)
+    if df.empty:
+        raise DsrsdError(f"no run records (*/metrics.json) under {str(runs_dir)!r}")
+    ub = unit_bootstrap(runs_dir, df, n_boot=n_boot, seed=seed)
+    path = Path(out) / "unit_bootstrap.csv"
+    if path.is_file():
+        kept = {(o["setting"], o["ref"], o["variant"]): o
+                for o in pd.read_csv(path).to_dict("records") if o["predictions"] == "ok"}
+        ids = set(df["run_id"])
+        rows = ub.to_dict("records")
+        for i, r in enumerate(rows):
+            o = kept.get((r["setting"], r["ref"], r["variant"]))
+            if r["predictions"] != "ok" and o is not None and all(
+                    x in ids for p in str(o["runs"]).split() for x in p.split(":")):
+                rows[i] = o
+        ub = pd.DataFrame(rows, columns=UNIT_COLS)
+    from dsrsd.records import atomic_write_bytes
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, ub.to_csv(index=False, float_format="%.6g").encode("utf-8"))
+    return ub
+
+
+def check_unit_bootstrap(ub: pd.DataFrame, df: pd.DataFrame, metric: str = "test_auc",
+                         tol: float = 1e-5) -> list[str]:
+    """What in a ``unit_bootstrap.csv`` table disagrees with the records ``df``: each ``ok``
+    row's runs must be records of its setting and methods, one pair per seed or fold, and its
+    ``mean_diff`` the records' mean ``metric`` difference over those pairs (the predictions
+    files give the records' AUC back exactly); other rows must say why they are empty."""
+    problems = []
+    by_id = df.set_index("run_id")
+    for _, r in ub.iterrows():
+        where = f"{r['setting']} {r['ref']} vs {r['variant']}"
+        if r["predictions"] != "ok":
+            if not isinstance(r["predictions"], str) or not r["predictions"]:
+                problems.append(f"{where}: empty row without a reason")
+            continue
+        pairs = [p.split(":") for p in str(r["runs"]).split()]
+        if any(len(p) != 2 or not set(p) <= set(by_id.index) for p in pairs):
+            problems.append(f"{where}: names runs that are not records")
+            continue
+        a, b = by_id.loc[[p[0] for p in pairs]], by_id.loc[[p[1] for p in pairs]]
+        if (set(a["setting"]) | set(b["setting"]) != {r["setting"]} or set(a["variant"]) != {r["ref"]}
+                or set(b["variant"]) != {r["variant"]} or list(a["unit"]) != list(b["unit"])
+                or a["unit"].duplicated().any() or len(pairs) != r["n_runs"]):
+            problems.append(f"{where}: its runs are not one pair per seed or fold of these methods")
+            continue
+        diff = float(np.mean(a[metric].to_numpy() - b[metric].to_numpy()))
+        if not abs(diff - r["mean_diff"]) <= tol:
+            problems.append(f"{where}: mean_diff {r['mean_diff']:.6g}, records {diff:.6g}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m dsrsd.tables``: write the CSVs, print summary and significance; exit 2 with
     one line on bad input."""
@@ -485,9 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m dsrsd.tables", description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="results/runs")
     p.add_argument("--out", default="results")
+    p.add_argument("--unit-bootstrap", action="store_true",
+                   help="also write unit_bootstrap.csv from the runs' predictions files (minutes)")
     a = p.parse_args(argv)
     try:
         fr = write_tables(a.runs, a.out)
+        if a.unit_bootstrap:
+            ub = write_unit_bootstrap(a.runs, a.out)
+            print(f"unit_bootstrap.csv: {int((ub['predictions'] == 'ok').sum())} of {len(ub)} "
+                  "comparisons have every run's predictions")
     except DsrsdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

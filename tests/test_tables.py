@@ -209,6 +209,45 @@ def test_unit_bootstrap_pairs_runs_by_seed_and_says_why_a_row_is_nan(tmp_path):
     assert tables.unit_bootstrap(tmp_path, df.iloc[0:0]).empty
 
 
+def test_unit_bootstrap_file_survives_a_machine_without_the_predictions_and_is_checked(tmp_path):
+    from dsrsd.predictions import PREDICTIONS_FILE
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    rng = np.random.default_rng(1)
+    y, unit = rng.integers(0, 2, 400), np.arange(400) // 2
+    for s in range(3):
+        for v, sd in (("dsrsd", 0.6), ("early", 1.0)):
+            p = (y + np.random.default_rng(s * 10 + len(v)).normal(0, sd, 400)).astype(np.float32)
+            _run_with_predictions(runs, f"oulad-{v}-s{s}", v, s, y, p, unit)
+    first = tables.write_unit_bootstrap(runs, out, n_boot=200).set_index("variant")
+    assert first.loc["early", "predictions"] == "ok"
+    assert first.loc["early", "runs"] == " ".join(f"oulad-dsrsd-s{s}:oulad-early-s{s}" for s in range(3))
+    df = tables.load_records(runs)
+    written = pd.read_csv(out / "unit_bootstrap.csv")
+    assert tables.check_unit_bootstrap(written, df) == []
+    # a fresh checkout: records without their predictions files keep the computed row
+    for f in runs.glob(f"*/{PREDICTIONS_FILE}"):
+        f.unlink()
+    again = tables.write_unit_bootstrap(runs, out, n_boot=200).set_index("variant")
+    assert again.loc["early", "predictions"] == "ok"
+    assert again.loc["early", "mean_diff"] == pytest.approx(first.loc["early", "mean_diff"], rel=1e-5)
+    # ... but not once one of its runs is no longer a record
+    (runs / "oulad-early-s2" / "metrics.json").unlink()
+    gone = tables.write_unit_bootstrap(runs, out, n_boot=200).set_index("variant")
+    assert gone.loc["early", "predictions"].startswith("4 of 4 runs have no")
+    # what the check finds: a number edited by hand, runs that are not records, no reason
+    bad = written.copy()
+    bad.loc[0, "mean_diff"] += 0.01
+    assert "mean_diff" in tables.check_unit_bootstrap(bad, df)[0]
+    bad = written.copy()
+    bad.loc[0, "runs"] = "oulad-dsrsd-s0:nowhere"
+    assert "not records" in tables.check_unit_bootstrap(bad, df)[0]
+    bad = written.copy()
+    bad.loc[0, "runs"] = "oulad-dsrsd-s0:oulad-early-s1"
+    assert "one pair per seed" in tables.check_unit_bootstrap(bad, df)[0]
+    bad = written.assign(predictions="")
+    assert "without a reason" in tables.check_unit_bootstrap(bad, df)[0]
+
+
 def test_transfer_pairs_each_method_with_its_in_domain_reference_by_seed():
     # in-domain: dsrsd 0.80, early 0.82; across domains dsrsd loses 0.02, early 0.05
     home = _frame({"dsrsd": 0.80, "early": 0.82, "gbdt": 0.78}, setting="home")
