@@ -75,7 +75,9 @@ def read_record(run_dir: str | Path) -> dict:
 
 def replay(run_dir: str | Path, epochs: int = 1, tol: float = 0.0, threads: int = 1) -> dict:
     """Re-train ``run_dir``'s record for its first ``epochs`` epochs (a direct fit: whole) on the
-    CPU with today's code and compare; returns one row of :data:`FIELDS`."""
+    CPU with today's code and compare; returns one row of :data:`FIELDS`. ``identical``: every
+    number both logged is equal (``note`` names keys only one side logged: older records log
+    fewer diagnostics)."""
     import torch
 
     from dsrsd.config import TrainConfig
@@ -110,7 +112,7 @@ def replay(run_dir: str | Path, epochs: int = 1, tol: float = 0.0, threads: int 
             "variant": rec.get("variant", rec.get("method", "")),
             "record_commit": rec.get("git_commit", "unknown"), "replay_commit": git_commit(),
             "epochs": n, "numbers": res["numbers"], "max_abs_diff": res["max_abs_diff"],
-            "worst": res["worst"], "identical": res["max_abs_diff"] == 0 and not res["keys_differ"],
+            "worst": res["worst"], "identical": res["max_abs_diff"] == 0,
             "within_tol": res["max_abs_diff"] <= tol, "tol": tol,
             "device": device_name(torch.device("cpu")),
             "date": provenance(torch.device("cpu"))["date"], "wall_s": round(time.perf_counter() - t0, 1),
@@ -167,8 +169,10 @@ def run(a: argparse.Namespace) -> int:
     for run_dir in tqdm(todo, desc="replay", leave=False):
         row = replay(run_dir, a.epochs, a.tol)
         bad += not row["within_tol"]
-        verdict = "identical" if row["identical"] else (
-            f"differs by {row['max_abs_diff']:.3g} at {row['worst'] or 'logged keys'}")
+        verdict = ("identical" if row["identical"] else
+                   f"differs by {row['max_abs_diff']:.3g} at {row['worst']}")
+        if row["note"].startswith("logged keys differ"):
+            verdict += f" ({row['note']})"
         print(f"{row['run_id']}: {verdict} ({row['numbers']} numbers, {row['epochs']} epoch(s), "
               f"recorded by {row['record_commit'][:12]})", flush=True)
         if out:
