@@ -6,7 +6,8 @@ whether the code still produces that record: the model, the losses, the data pip
 trainer all enter the first epoch's logged loss terms, gradient norms and validation AUC. A
 replay trains the record's own config (same seed, same split, one thread as the sweep runs) for
 ``epochs`` epochs and compares every number its ``history`` logged for them; a method fitted
-outside the gradient loop (gradient boosting) is refitted whole and its test AUC compared.
+outside the gradient loop (gradient boosting) is refitted whole and its val and test metrics
+compared.
 
 On the machine and software that wrote the record, an unchanged code path gives identical
 numbers (seeded CPU runs are bit-identical); on another CPU the math kernels round differently,
@@ -82,7 +83,7 @@ def replay(run_dir: str | Path, epochs: int = 1, tol: float = 0.0, threads: int 
 
     from dsrsd.config import TrainConfig
     from dsrsd.data import load_dataset
-    from dsrsd.records import device_name, git_commit, provenance
+    from dsrsd.records import provenance
     from dsrsd.train import fit
 
     if epochs < 1:
@@ -108,14 +109,15 @@ def replay(run_dir: str | Path, epochs: int = 1, tol: float = 0.0, threads: int 
             note, n = "direct fit, compared whole", 0
     finally:
         torch.set_num_threads(before)
+    prov = provenance(torch.device("cpu"))  # commit, device and date in one call
     return {"run_id": rec.get("run_id", Path(run_dir).name), "setting": rec.get("setting", ""),
             "variant": rec.get("variant", rec.get("method", "")),
-            "record_commit": rec.get("git_commit", "unknown"), "replay_commit": git_commit(),
+            "record_commit": rec.get("git_commit", "unknown"), "replay_commit": prov["git_commit"],
             "epochs": n, "numbers": res["numbers"], "max_abs_diff": res["max_abs_diff"],
             "worst": res["worst"], "identical": res["max_abs_diff"] == 0,
             "within_tol": res["max_abs_diff"] <= tol, "tol": tol,
-            "device": device_name(torch.device("cpu")),
-            "date": provenance(torch.device("cpu"))["date"], "wall_s": round(time.perf_counter() - t0, 1),
+            "device": prov["device"], "date": prov["date"],
+            "wall_s": round(time.perf_counter() - t0, 1),
             "note": note}
 
 

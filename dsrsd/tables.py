@@ -297,15 +297,13 @@ TRANSFER_COLS = ["variant", "n_pairs", "home_mean", "cross_mean", "gap", "gap_lo
                  "p_value", "p_holm"]
 
 
-def _gaps(df: pd.DataFrame, cross: str, home: str, metric: str) -> dict[str, pd.Series]:
-    """Per variant with records in both settings: its ``cross - home`` difference per unit
-    (seed), over the units it ran in both."""
-    out = {}
-    for v, sub in df[df["setting"].isin([cross, home])].groupby("variant"):
-        if set(sub["setting"]) == {cross, home}:
-            pair = stats.pair_units(sub, cross, home, metric, by="setting")
-            out[v] = pair[cross] - pair[home]
-    return out
+def _home_cross_pairs(df: pd.DataFrame, cross: str, home: str, metric: str
+                      ) -> dict[str, pd.DataFrame]:
+    """Per variant with records in both settings: its ``metric`` in ``cross`` and in ``home``
+    (columns named after them) over the units (seeds) it ran in both."""
+    return {v: stats.pair_units(sub, cross, home, metric, by="setting")
+            for v, sub in df[df["setting"].isin([cross, home])].groupby("variant")
+            if set(sub["setting"]) == {cross, home}}
 
 
 def transfer(df: pd.DataFrame, cross: str, home: str, metric: str = "test_auc") -> pd.DataFrame:
@@ -315,11 +313,9 @@ def transfer(df: pd.DataFrame, cross: str, home: str, metric: str = "test_auc") 
     t p-value and Holm's adjustment over the methods. Methods without records in both are left
     out; a gap with fewer than two pairs is untested (NaN)."""
     rows = []
-    for v, gap in sorted(_gaps(df, cross, home, metric).items()):
-        sub = df[df["variant"] == v]
-        pair = stats.pair_units(sub, cross, home, metric, by="setting")
+    for v, pair in sorted(_home_cross_pairs(df, cross, home, metric).items()):
         t = stats.paired_t(pair[cross], pair[home])
-        rows.append({"variant": v, "n_pairs": len(gap), "home_mean": float(pair[home].mean()),
+        rows.append({"variant": v, "n_pairs": len(pair), "home_mean": float(pair[home].mean()),
                      "cross_mean": float(pair[cross].mean()), "gap": t.mean_diff,
                      "gap_lo": t.lo, "gap_hi": t.hi, "p_value": t.p_value})
     out = pd.DataFrame(rows, columns=TRANSFER_COLS)
@@ -333,7 +329,8 @@ def transfer_vs(df: pd.DataFrame, cross: str, home: str, ref: str = "dsrsd",
     """Does ``ref`` lose less across domains than each other method? Per method: the mean of
     ``ref``'s gap minus the method's gap (:func:`transfer`), paired by seed (positive: ``ref``
     loses less), its 95% t interval, the paired t p-value and Holm over the methods."""
-    gaps = _gaps(df, cross, home, metric)
+    gaps = {v: pair[cross] - pair[home]
+            for v, pair in _home_cross_pairs(df, cross, home, metric).items()}
     rows = []
     if ref in gaps:
         for v, gap in sorted(gaps.items()):

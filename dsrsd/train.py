@@ -256,7 +256,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
     (:class:`~dsrsd.config.TrainConfig` ``select_after_warmup``).
 
     ``stop_after``: train only the first that many epochs of the config's schedule and return
-    just the record's provenance and ``history``, with no evaluation or files
+    just the record's configuration fields and ``history``, with no evaluation, provenance or files
     (:mod:`dsrsd.replay` compares them with a committed record).
     """
     t0 = time.perf_counter()
