@@ -92,21 +92,33 @@ def _train_parser(sub) -> None:
         else:
             p.add_argument(*flags[f.name], dest=f.name, type=hint, default=None, help=text,
                            metavar={int: "N", float: "X"}.get(hint, "NAME"))
+    p.add_argument("--like", metavar="EXPERIMENT:VARIANT",
+                   help="start from the configuration an experiment gives a variant (its first "
+                        "run; e.g. oulad_full:dsrsd, the searched DSRSD-Net); the options above "
+                        "change it, --data/--param/--weight key by key")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if present")
     p.add_argument("--no-progress", action="store_true")
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
-    """The run config of parsed ``train`` options (unset options: the dataclass defaults)."""
+    """The run config of parsed ``train`` options. Unset options keep the dataclass defaults,
+    or with ``--like`` the experiment variant's configuration; the dataset parameters of
+    ``--like`` are dropped when ``--dataset`` names another dataset."""
     from dataclasses import fields
 
     from dsrsd.config import DEFAULT_WEIGHTS, TrainConfig
+    start: dict = {"weights": dict(DEFAULT_WEIGHTS)}
+    if getattr(a, "like", None):
+        from dsrsd.sweep import like
+        start = like(a.like)
+        if a.dataset is not None and a.dataset != start["dataset"]:
+            start["data_params"] = {}
     given = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
              if f.name not in _DICT_FLAGS and getattr(a, f.name, None) is not None}
-    return TrainConfig(**given, data_params=_kv(a.data_params, "--data"),
-                       method_params=_kv(a.method_params, "--param"),
-                       weights={**DEFAULT_WEIGHTS, **_kv(a.weights, "--weight")})
+    merged = {key: {**start.get(key, {}), **_kv(getattr(a, key), flag)}
+              for key, (flag, _, _) in _DICT_FLAGS.items()}
+    return TrainConfig(**{**start, **given, **merged})
 
 
 def _train(a: argparse.Namespace) -> int:

@@ -242,6 +242,27 @@ def check_grid(g: object, where: str = "grid") -> dict:
     return g
 
 
+def like(spec: str) -> dict:
+    """The run configuration (a TrainConfig dict) an experiment gives a variant, for
+    ``train --like EXPERIMENT:VARIANT``: the variant's first run in the experiment (first
+    dataset entry, first fold and seed), so that training it again reproduces that record's
+    configuration hash. The configurations the validation searches chose are named this way,
+    e.g. ``oulad_full:dsrsd`` and ``assist_full:dsrsd``."""
+    exp, sep, label = spec.partition(":")
+    if not sep or not exp or not label:
+        raise DsrsdError(f"--like expects EXPERIMENT:VARIANT (e.g. oulad_full:dsrsd), got {spec[:60]!r}")
+    grid = load_grid(preset=exp)
+    if label not in grid["methods"]:
+        raise DsrsdError(f"experiment {exp!r} has no variant {label[:60]!r} "
+                         f"(variants: {', '.join(grid['methods'])})")
+    run = next(r for r in expand({**grid, "methods": [label]}))
+    if run.get("error"):
+        raise DsrsdError(f"{spec}: {run['error']}")
+    cfg = dict(run["config"])
+    cfg.pop("device")
+    return cfg
+
+
 def expand(grid: dict, epochs: int | None = None, quick: bool = False,
            device: str = "auto") -> list[dict]:
     """The runs of ``grid``: dicts with ``run_id``, ``config`` (TrainConfig dict), ``hash``.

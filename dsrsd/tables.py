@@ -5,10 +5,11 @@
 writes ``records.csv`` (one row per run), ``summary.csv`` (mean +- std per setting x variant),
 ``significance.csv`` (DSRSD-Net vs each variant, paired over matched seeds/folds, Holm-corrected
 within each table), ``robustness.csv`` (test AUC and retained skill with modalities hidden at
-test time) and ``errors.csv`` (failed runs, from ``error.json``); with ``--unit-bootstrap`` also
-``unit_bootstrap.csv`` (:func:`write_unit_bootstrap`: intervals over test students, from the
-runs' predictions files). The statistics are
-:mod:`dsrsd.stats`; the sentences about them are :mod:`dsrsd.verdicts`.
+test time), ``errors.csv`` (failed runs, from ``error.json``) and ``cap_check.csv`` (runs
+retrained with a higher epoch cap beside their records: :func:`cap_check`); with
+``--unit-bootstrap`` also ``unit_bootstrap.csv`` (:func:`write_unit_bootstrap`: intervals over
+test students, from the runs' predictions files). The statistics are :mod:`dsrsd.stats`; the
+sentences about them are :mod:`dsrsd.verdicts`.
 """
 
 from __future__ import annotations
@@ -347,6 +348,40 @@ def transfer_vs(df: pd.DataFrame, cross: str, home: str, ref: str = "dsrsd",
     return out
 
 
+CAP_COLS = ["setting", "variant", "base", "unit", "cap", "epochs_run", "best_epoch", "reached_cap",
+            "long_cap", "long_epochs_run", "long_best_epoch", "test", "long_test", "diff",
+            "identical"]
+
+
+def cap_check(df: pd.DataFrame, suffix: str = "-cap100", metric: str = "test_auc"
+              ) -> pd.DataFrame:
+    """Did the epoch cap bind? Each record of a variant ``<base><suffix>`` (the same
+    configuration with a higher cap) beside the record of ``<base>`` with the same setting and
+    seed or fold: both caps, epochs run, best epochs, ``metric`` and the change. ``reached_cap``:
+    the base run trained to its cap instead of being stopped by patience. ``identical``: the
+    longer run stopped at the same epoch with the same ``metric`` to the last bit, as it must
+    when the base run was stopped by patience (the trainer's schedule does not depend on the cap)."""
+    rows = []
+    keyed = df.set_index(["setting", "variant", "unit"])
+    for _, r in df[df["variant"].str.endswith(suffix)].iterrows():
+        base = r["variant"][: -len(suffix)]
+        key = (r["setting"], base, r["unit"])
+        if key not in keyed.index:
+            continue
+        b = keyed.loc[[key]].iloc[0]
+        rows.append({"setting": r["setting"], "variant": r["variant"], "base": base,
+                     "unit": r["unit"], "cap": b["epochs"], "epochs_run": b["epochs_run"],
+                     "best_epoch": b["best_epoch"], "reached_cap": b["epochs_run"] >= b["epochs"],
+                     "long_cap": r["epochs"], "long_epochs_run": r["epochs_run"],
+                     "long_best_epoch": r["best_epoch"], "test": b[metric],
+                     "long_test": r[metric], "diff": r[metric] - b[metric],
+                     "identical": bool(r["epochs_run"] == b["epochs_run"]
+                                       and r["best_epoch"] == b["best_epoch"]
+                                       and r[metric] == b[metric])})
+    return pd.DataFrame(rows, columns=CAP_COLS).sort_values(
+        ["setting", "base", "unit"], ignore_index=True)
+
+
 UNIT_COLS = ["setting", "ref", "variant", "group", "n_pairs", "n_runs", "n_units", "mean_diff",
              "diff_units_lo", "diff_units_hi", "predictions", "runs"]
 
@@ -456,7 +491,8 @@ def verdict(df: pd.DataFrame, dataset: str, ref: str = "dsrsd", metric: str = "t
 
 
 def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "results") -> dict:
-    """Write records / summary / significance / robustness / errors CSVs; return the frames."""
+    """Write records / summary / significance / robustness / errors / cap_check CSVs; return
+    the frames."""
     out = Path(out)
     df = load_records(runs_dir)
     if df.empty and not any(Path(runs_dir).glob("*/error.json")):
@@ -466,7 +502,8 @@ def write_tables(runs_dir: str | Path = "results/runs", out: str | Path = "resul
     refs = [r for r in REFS if not df.empty and r in set(df["variant"])] or [REFS[0]]
     sig = pd.concat([significance(df, ref=r) for r in refs], ignore_index=True)
     frames = {"records": df, "summary": summary(df), "significance": sig,
-              "robustness": robustness(df), "errors": load_errors(runs_dir)}
+              "robustness": robustness(df), "errors": load_errors(runs_dir),
+              "cap_check": cap_check(df) if not df.empty else pd.DataFrame(columns=CAP_COLS)}
     from dsrsd.records import atomic_write_bytes
     try:
         out.mkdir(parents=True, exist_ok=True)

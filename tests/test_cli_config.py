@@ -154,3 +154,40 @@ def test_every_chosen_configuration_names_a_selection_experiment():
                 src = var["chosen_by"]["experiment"]
                 assert src in sw.PRESETS, (p.stem, label)
                 assert src != p.stem, (p.stem, label)
+
+
+def _config(*argv: str) -> TrainConfig:
+    parser, _ = build_parser()
+    return train_config(parser.parse_args(["train", *argv, "--out", "x"]))
+
+
+@pytest.mark.parametrize("spec", ["oulad_full:dsrsd", "assist_full:dsrsd", "oulad_full:misa"])
+def test_like_gives_the_configuration_of_the_experiments_first_run(spec):
+    """Training with --like repeats the record's configuration: the same hash."""
+    exp, variant = spec.split(":")
+    first = next(r for r in sw.expand(sw.load_grid(preset=exp)) if r["variant"] == variant)
+    assert _config("--like", spec).hash() == first["hash"]
+
+
+def test_options_change_a_like_configuration_key_by_key():
+    base = _config("--like", "oulad_full:dsrsd")
+    c = _config("--like", "oulad_full:dsrsd", "--weight", "orth=0.5", "--seed", "3",
+                "--param", "fusion=gate", "--data", "cutoff=0.25")
+    assert c.weights == {**base.weights, "orth": 0.5} and c.seed == 3
+    assert c.method_params == {**base.method_params, "fusion": "gate"}
+    assert c.data_params == {**base.data_params, "cutoff": 0.25}
+    assert (c.epochs, c.batch_size, c.select_after_warmup) == (
+        base.epochs, base.batch_size, base.select_after_warmup)
+    # another dataset does not inherit the experiment's dataset parameters
+    other = _config("--like", "oulad_full:dsrsd", "--dataset", "synthetic")
+    assert other.dataset == "synthetic" and other.data_params == {}
+    assert other.method_params == base.method_params
+
+
+@pytest.mark.parametrize("spec, words", [("oulad_full", "EXPERIMENT:VARIANT"),
+                                         ("nowhere:dsrsd", "unknown preset 'nowhere'"),
+                                         ("oulad_full:nothing", "has no variant 'nothing'")])
+def test_bad_like_is_one_line(capsys, spec, words):
+    assert main(["train", "--like", spec, "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err

@@ -90,7 +90,7 @@ def test_tables_from_records(swept, tmp_path):
     clean = frames["robustness"][frames["robustness"]["condition"] == "rate 0"]
     assert (clean["retained_mean"] == 1.0).all()
     assert len(frames["errors"]) == 1
-    for name in ("records", "summary", "significance", "robustness", "errors"):
+    for name in ("records", "summary", "significance", "robustness", "errors", "cap_check"):
         assert (tmp_path / f"{name}.csv").exists()
 
 
@@ -181,7 +181,7 @@ def test_committed_tables_are_generated_from_committed_records(tmp_path):
     if not _committed_records():
         pytest.skip("no committed records")
     tables.write_tables(REPO / "results" / "runs", tmp_path)
-    for name in ("records", "summary", "significance", "robustness", "errors"):
+    for name in ("records", "summary", "significance", "robustness", "errors", "cap_check"):
         fresh = (tmp_path / f"{name}.csv").read_text()
         committed = (REPO / "results" / f"{name}.csv").read_text()
         assert fresh == committed, f"results/{name}.csv differs from its records: regenerate it"

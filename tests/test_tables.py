@@ -270,3 +270,31 @@ def test_transfer_pairs_each_method_with_its_in_domain_reference_by_seed():
     assert vs.loc["early", "diff_lo"] < 0.03 < vs.loc["early", "diff_hi"]
     assert tables.transfer(df, "cross", "nowhere").empty
     assert tables.transfer_vs(df[df["variant"] != "dsrsd"], "cross", "home").empty
+
+
+def test_cap_check_pairs_each_longer_run_with_its_base_run_and_flags_what_changed():
+    df = _frame({"misa": 0.80, "misa-cap100": 0.80, "early": 0.81}, seeds=3)
+    df["epochs"] = np.where(df["variant"] == "misa-cap100", 100, 40)
+    # seed 0 was stopped by patience (identical when retrained), seed 1 reached the cap and
+    # went on to epoch 55, seed 2 reached the cap and the longer run ends where it started
+    base_run = {0: (22, 16), 1: (40, 39), 2: (40, 38)}
+    long_run = {0: (22, 16), 1: (55, 49), 2: (44, 38)}
+    for v, runs in (("misa", base_run), ("misa-cap100", long_run)):
+        for s, (n, best) in runs.items():
+            i = df.index[(df["variant"] == v) & (df["seed"] == s)]
+            df.loc[i, ["epochs_run", "best_epoch"]] = n, best
+    df.loc[(df["variant"] == "misa-cap100") & (df["seed"] == 0), "test_auc"] = float(
+        df.loc[(df["variant"] == "misa") & (df["seed"] == 0), "test_auc"].iloc[0])
+    df.loc[(df["variant"] == "misa-cap100") & (df["seed"] == 2), "test_auc"] = float(
+        df.loc[(df["variant"] == "misa") & (df["seed"] == 2), "test_auc"].iloc[0])
+    c = tables.cap_check(df).set_index("unit")
+    assert list(c.index) == ["s0", "s1", "s2"] and set(c["base"]) == {"misa"}
+    assert list(c["reached_cap"]) == [False, True, True]
+    assert list(c["identical"]) == [True, False, False]  # s2: same test AUC, later stop
+    assert c.loc["s0", "diff"] == 0.0 and c.loc["s1", "long_epochs_run"] == 55
+    base = df[(df["variant"] == "misa") & (df["seed"] == 1)]["test_auc"].iloc[0]
+    long = df[(df["variant"] == "misa-cap100") & (df["seed"] == 1)]["test_auc"].iloc[0]
+    assert c.loc["s1", "diff"] == long - base
+    # a longer run without its base record is left out; no longer runs: an empty table
+    assert len(tables.cap_check(df[~((df["variant"] == "misa") & (df["seed"] == 0))])) == 2
+    assert tables.cap_check(df[df["variant"] != "misa-cap100"]).empty
