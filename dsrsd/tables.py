@@ -110,6 +110,9 @@ def record_row(rec: dict, run_id: str = "") -> dict:
         row[f"rob_rate_{r}"] = auc
     for name, v in rob.get("drop_modality", {}).items():
         row[f"rob_without_{name}"] = v["auc"]
+    for name, by_sigma in rob.get("noise", {}).items():
+        for sigma, auc in by_sigma.items():
+            row[f"rob_noise_{sigma}_{name}"] = auc
     return row
 
 
@@ -451,8 +454,11 @@ def robustness(df: pd.DataFrame) -> pd.DataFrame:
     """Test AUC under missing modalities, and the skill kept, per setting x variant x condition.
 
     Conditions: ``rate r`` (each present modality hidden with probability r at test time; r = 0
-    is the clean test AUC) and ``without <modality>`` (that modality hidden everywhere; samples
-    left with nothing are dropped, so that AUC may cover fewer samples than the clean one).
+    is the clean test AUC), ``without <modality>`` (that modality hidden everywhere; samples
+    left with nothing are dropped, so that AUC may cover fewer samples than the clean one) and
+    ``noise s on <modality>`` (Gaussian noise of s standard deviations on its features; kind
+    ``noise``, the ``rate`` column holds s). Records written before noise was measured have no
+    noise conditions, so ``n`` counts the runs that have each condition.
     ``mean``/``std``: the AUC over runs; ``retained_mean``/``retained_std``: retained skill
     (AUC_r - 0.5) / (AUC_0 - 0.5) of each run against its own clean AUC, over runs.
     """
@@ -468,10 +474,13 @@ def robustness(df: pd.DataFrame) -> pd.DataFrame:
                      var_name="col", value_name="auc").dropna(subset=["auc"])
     long["retained"] = stats.retained_skill(long["auc"].to_numpy(), long["test_auc"].to_numpy())
     rate = long["col"].str.extract(r"^rob_rate_(.+)$")[0]
-    long["kind"] = np.where(rate.notna(), "rate", "without")
-    long["rate"] = pd.to_numeric(rate)
-    long["condition"] = np.where(rate.notna(), "rate " + rate.fillna(""),
-                                 "without " + long["col"].str.replace("rob_without_", ""))
+    noise = long["col"].str.extract(r"^rob_noise_([^_]+)_(.+)$")
+    long["kind"] = np.where(rate.notna(), "rate", np.where(noise[0].notna(), "noise", "without"))
+    long["rate"] = pd.to_numeric(rate.fillna(noise[0]))
+    long["condition"] = np.where(
+        rate.notna(), "rate " + rate.fillna(""),
+        np.where(noise[0].notna(), "noise " + noise[0].fillna("") + " on " + noise[1].fillna(""),
+                 "without " + long["col"].str.replace("rob_without_", "")))
     out = (long.groupby([*keys, "condition", "kind"], dropna=False)
            .agg(rate=("rate", "first"), n=("auc", "count"), mean=("auc", "mean"),
                 std=("auc", "std"), retained_mean=("retained", "mean"),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.std import tqdm  # the text bar: tqdm.auto warns in kernels without ipywidgets
 
@@ -108,18 +108,61 @@ def score(data: MultimodalData, y: np.ndarray, p: np.ndarray) -> dict[str, float
 
 
 ROBUSTNESS_RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
+NOISE_SIGMAS = (0.5, 1.0, 2.0)
+
+
+def real_entries(data: MultimodalData, name: str) -> Tensor:
+    """Bool mask over ``data.x[name]``'s entries without the feature axis: True where the sample
+    has the modality and the step or element is real (its padding mask; for per-step tabular
+    inputs, the scored steps)."""
+    x = data.x[name]
+    real = data.present[:, data.names.index(name)]
+    real = real.reshape(-1, *[1] * (x.dim() - 2)).expand(x.shape[:-1])
+    if name in data.pad:
+        real = real & data.pad[name]
+    elif x.dim() == 3 and data.y_mask is not None and data.y_mask.shape == x.shape[:2]:
+        real = real & data.y_mask
+    return real
+
+
+def add_noise(data: MultimodalData, name: str, sigma: float,
+              generator: torch.Generator) -> MultimodalData:
+    """``data`` with Gaussian noise of ``sigma`` standard deviations added to every float feature
+    of modality ``name`` at its real entries (:func:`real_entries`); each feature's standard
+    deviation is taken over those entries of ``data`` itself, so the noise is label-free and
+    scaled like the features. Padding and absent modalities are left as they are."""
+    x = data.x[name]
+    if not x.is_floating_point():
+        raise DsrsdError(f"modality {name!r} holds token ids: Gaussian noise needs float features")
+    real = real_entries(data, name)
+    vals = x[real]
+    sd = vals.std(0) if len(vals) > 1 else torch.zeros(x.shape[-1], dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) * (sigma * sd)
+    return replace(data, x={**data.x, name: torch.where(real.unsqueeze(-1), x + noise, x)})
 
 
 def robustness(model: nn.Module, data: MultimodalData, device: torch.device | None = None,
                amp: bool = True, rates: tuple[float, ...] = ROBUSTNESS_RATES,
-               seed: int = 0, trim: bool = False) -> dict:
-    """ROC-AUC with modalities hidden at test time (book/papers.md's missing-modality protocol [R]).
+               seed: int = 0, trim: bool = False,
+               sigmas: tuple[float, ...] = NOISE_SIGMAS) -> dict:
+    """ROC-AUC with modalities hidden or made noisy at test time (book/papers.md's
+    missing-modality protocol [R], and additive noise as in chapter 8).
 
     ``drop_rate[r]``: every present modality of every sample is hidden with probability ``r``
     (seeded; each sample keeps at least one). ``drop_modality[name]``: that modality is hidden
     everywhere; samples that had nothing else are left out (``n`` says how many remain).
+    ``noise[name][sigma]``: Gaussian noise of ``sigma`` standard deviations on every float
+    feature of that modality alone (:func:`add_noise`, seeded); token-id modalities have none.
     """
-    out: dict = {"drop_rate": {}, "drop_modality": {}, "seed": seed}
+    out: dict = {"drop_rate": {}, "drop_modality": {}, "noise": {}, "seed": seed}
+    for m, name in enumerate(data.names):
+        if not data.x[name].is_floating_point():
+            continue
+        out["noise"][name] = {}
+        for j, sigma in enumerate(sigmas):
+            g = torch.Generator().manual_seed(seed * 7919 + 1009 * (m + 1) + j)
+            out["noise"][name][f"{sigma:g}"] = evaluate(
+                model, add_noise(data, name, sigma, g), device=device, amp=amp, trim=trim)["auc"]
     if len(data.specs) < 2:
         return out
     for i, r in enumerate(rates):

@@ -110,6 +110,21 @@ def test_robustness_gains_retained_skill_per_run():
     assert half.loc["early", "mean"] == pytest.approx(mine["rob_rate_0.5"].mean())
 
 
+def test_robustness_reads_noise_conditions_where_records_have_them():
+    df = _frame({"dsrsd": 0.80, "early": 0.70})
+    # noise of 1 sd on item_stats (a name with an underscore) keeps a quarter of the skill;
+    # only 3 of early's 5 runs measured it (records older than the measurement have none)
+    df["rob_noise_1_item_stats"] = 0.5 + (df["test_auc"] - 0.5) / 4
+    df.loc[(df["variant"] == "early") & (df["seed"] >= 3), "rob_noise_1_item_stats"] = np.nan
+    rob = tables.robustness(df)
+    noisy = rob[rob["kind"] == "noise"].set_index("variant")
+    assert set(noisy["condition"]) == {"noise 1 on item_stats"} and (noisy["rate"] == 1.0).all()
+    np.testing.assert_allclose(noisy["retained_mean"], 0.25)
+    assert noisy.loc["dsrsd", "n"] == 5 and noisy.loc["early", "n"] == 3
+    # the other conditions are unchanged by the new column
+    assert set(rob.loc[rob["kind"] != "noise", "condition"]) == {"rate 0", "rate 0.5"}
+
+
 def test_verdict_speaks_of_holm_and_the_interval():
     from dsrsd import verdicts
     df = _frame({"dsrsd": 0.80, "early": 0.83, "late": 0.801})
