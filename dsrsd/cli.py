@@ -95,23 +95,31 @@ def _train_parser(sub) -> None:
     p.add_argument("--like", metavar="EXPERIMENT:VARIANT",
                    help="start from the configuration an experiment gives a variant (its first "
                         "run; e.g. oulad_full:dsrsd, the searched DSRSD-Net); the options above "
-                        "change it, --data/--param/--weight key by key")
+                        "change it, --data/--param/--weight key by key. On oulad and assist2009 "
+                        "the default is the validation search's variant of --method "
+                        "(oulad_full / assist_full); 'none' starts from the dataclass defaults")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if present")
     p.add_argument("--no-progress", action="store_true")
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
-    """The run config of parsed ``train`` options. Unset options keep the dataclass defaults,
-    or with ``--like`` the experiment variant's configuration; the dataset parameters of
-    ``--like`` are dropped when ``--dataset`` names another dataset."""
+    """The run config of parsed ``train`` options. Unset options keep the starting point: the
+    experiment variant's configuration with ``--like``; on ``oulad`` and ``assist2009`` without
+    it, the variant of ``--method`` that the dataset's validation search ran
+    (:data:`dsrsd.sweep.SEARCHED`); otherwise (or ``--like none``) the dataclass defaults. The
+    dataset parameters of ``--like`` are dropped when ``--dataset`` names another dataset."""
     from dataclasses import fields
 
     from dsrsd.config import DEFAULT_WEIGHTS, TrainConfig
     start: dict = {"weights": dict(DEFAULT_WEIGHTS)}
-    if getattr(a, "like", None):
+    spec = getattr(a, "like", None)
+    if spec is None:
+        from dsrsd.sweep import searched_like
+        spec = searched_like(getattr(a, "dataset", None), getattr(a, "method", None))
+    if spec and spec != "none":
         from dsrsd.sweep import like
-        start = like(a.like)
+        start = like(spec)
         if a.dataset is not None and a.dataset != start["dataset"]:
             start["data_params"] = {}
     given = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
@@ -127,6 +135,12 @@ def _train(a: argparse.Namespace) -> int:
     cfg = train_config(a)
     if not a.out:
         raise DsrsdError("--out must not be empty")
+    if a.like is None:
+        from dsrsd.sweep import searched_like
+        spec = searched_like(a.dataset, a.method)
+        if spec:
+            print(f"starting from {spec}, the configuration the validation search chose "
+                  f"(--like none: the package defaults)")
     dist_on = _maybe_init_distributed(cfg.device)
     try:
         rec = fit(cfg, out=a.out, resume=a.resume, progress=not a.no_progress)

@@ -14,8 +14,8 @@ from dsrsd.errors import DsrsdError
 # # alignment weight with the cosine regression, orthogonality 10 (the Frobenius form averages
 # k^2 tiny entries, so it needs a large weight), and reconstruction 1 so the private stream
 # keeps what the task alone would not ask for. Chapter 9 sweeps them. Every record's hash and every
-# experiment's expansion builds on these values, so they stay; the configurations the validation
-# searches chose on real data are named by their experiments (``train --like oulad_full:dsrsd``).
+# experiment's expansion builds on these values, so they stay, as the synthetic data's defaults; on
+# real data ``train`` starts from what the validation searches chose (dsrsd.sweep.SEARCHED).
 DEFAULT_WEIGHTS = {"align_con": 1.0, "align_reg": 1.0, "decor": 0.04, "orth": 10.0, "recon": 1.0,
                    # COrAL and MISA return one pre-weighted term each (their inner weights are
                    # method_params), so their outer weight is 1.

@@ -263,6 +263,26 @@ def like(spec: str) -> dict:
     return cfg
 
 
+# The experiments whose validation searches chose each real dataset's configurations: ``train
+# --dataset NAME --method M`` starts from ``EXPERIMENT:M`` when the experiment has that variant
+# (issue 12: the defaults on real data come from the search, not from the synthetic data).
+SEARCHED = {"oulad": "oulad_full", "assist2009": "assist_full"}
+
+
+def searched_like(dataset: str | None, method: str | None) -> str | None:
+    """The ``--like`` spec ``train`` starts from on a real dataset, or ``None`` (the dataclass
+    defaults: synthetic data, ``--dataset kt`` on a user's folder, a method no search ran)."""
+    exp = SEARCHED.get(dataset or "")
+    if exp is None:
+        return None
+    method = method or "dsrsd"
+    grid = load_grid(preset=exp)
+    if method not in grid["methods"]:
+        return None
+    variant = grid.get("variants", {}).get(method, {})
+    return f"{exp}:{method}" if variant.get("method", method) == method else None
+
+
 def expand(grid: dict, epochs: int | None = None, quick: bool = False,
            device: str = "auto") -> list[dict]:
     """The runs of ``grid``: dicts with ``run_id``, ``config`` (TrainConfig dict), ``hash``.

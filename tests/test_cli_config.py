@@ -10,7 +10,7 @@ import pytest
 
 from dsrsd import sweep as sw
 from dsrsd.cli import build_parser, config_flags, main, train_config
-from dsrsd.config import TrainConfig
+from dsrsd.config import DEFAULT_WEIGHTS, TrainConfig
 from dsrsd.errors import DsrsdError
 
 # A valid non-default value for string fields without a list of choices
@@ -45,7 +45,8 @@ def test_every_config_field_has_a_train_option_that_reaches_the_config():
         if f.name in dict_fields:
             continue
         value = _other_value(f)
-        a = parser.parse_args(["train", "--out", "o", *_flag_args(f.name, value)])
+        # --like none: a real dataset would otherwise start from its searched configuration
+        a = parser.parse_args(["train", "--out", "o", "--like", "none", *_flag_args(f.name, value)])
         cfg = train_config(a)
         assert getattr(cfg, f.name) == value, f.name
         # every other field keeps the dataclass default
@@ -191,3 +192,20 @@ def test_bad_like_is_one_line(capsys, spec, words):
     assert main(["train", "--like", spec, "--out", "x"]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dataset, method, spec", [
+    ("oulad", None, "oulad_full:dsrsd"), ("oulad", "early", "oulad_full:early"),
+    ("assist2009", "dsrsd", "assist_full:dsrsd"), ("assist2009", "akt", "assist_full:akt")])
+def test_real_datasets_default_to_the_searched_configuration(dataset, method, spec):
+    """Issue 12: on real data the defaults are what the validation search chose (the same hash
+    as the experiment's record), not the synthetic-data weights."""
+    argv = ["--dataset", dataset, *(["--method", method] if method else [])]
+    assert _config(*argv).hash() == _config("--like", spec).hash()
+    searched = _config("--dataset", dataset, "--method", "dsrsd").weights
+    assert searched != DEFAULT_WEIGHTS
+    # --like none keeps the package defaults; other data and unsearched methods keep them too
+    plain = _config(*argv, "--like", "none")
+    assert plain.weights == DEFAULT_WEIGHTS and plain.epochs == TrainConfig().epochs
+    assert _config("--dataset", "synthetic").hash() == TrainConfig().hash()
+    assert _config("--dataset", dataset, "--method", "coral").weights == DEFAULT_WEIGHTS
