@@ -17,12 +17,13 @@ multi-skill item averages its skill terms (``nn.EmbeddingBag``, padding excluded
   the encoded items and interactions *before* t, plus a learned null key/value (one step before
   the first) so that step 0 has something to attend to. AKT's own parts: the three blocks,
   post-norm layers, one projection shared by queries and keys, no position embeddings (order
-  comes from the decay). Our simplifications: AKT's decay ``exp(-theta d(t, tau))`` uses a
-  context-aware distance that needs a second softmax pass; here ``d`` is the plain step
+  comes from the decay). Our simplifications, by default: AKT's decay ``exp(-theta d(t, tau))``
+  uses a context-aware distance that needs a second softmax pass; here ``d`` is the plain step
   distance ``t - tau``, a per-head bias ``-theta_h (t - tau)`` (``theta_h = softplus`` of a
   learned scalar) on the logits, so each attention is one call of
   ``scaled_dot_product_attention`` (:class:`DecayAttention`); and no dropout on the attention
-  weights (residual dropout only).
+  weights (residual dropout only). ``distance="context"`` and ``attn_dropout`` restore AKT's
+  versions (unfused, slower), to measure what the simplifications cost.
 """
 
 from __future__ import annotations
@@ -97,6 +98,31 @@ class KTRecurrentEncoder(nn.Module):
         return self.norm(out)
 
 
+DISTANCES = ("step", "context")
+
+
+def _context_attention(qh: Tensor, kh: Tensor, vh: Tensor, allowed: Tensor, pos: Tensor,
+                       theta: Tensor, dh: int, p_drop: float) -> Tensor:
+    """AKT's monotonic attention with its context-aware distance (the unfused path).
+
+    ``d(t, tau) = |t - tau| * sum of the (detached) attention weights of t on the keys after
+    tau``, and the scores are multiplied by ``exp(-theta_h sqrt(d))``, as in AKT: a key counts
+    as far when the steps between it and the query drew attention. Positions come from ``pos``
+    (the null key, if any, sits one step before the first).
+    """
+    scores = qh @ kh.transpose(-1, -2) * dh ** -0.5  # [B, H, T, Tk], float32
+    with torch.no_grad():
+        w = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+        # attention on the keys after tau: a shifted reverse cumsum, exactly 0 for the last key
+        after = F.pad(w.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))
+        t = scores.shape[-2]
+        gap = (pos[-t:, None] - pos[None, :]).abs()  # |t - tau| in steps
+        dist = (after * gap).clamp(min=0).sqrt()
+    effect = torch.exp(-theta[:, None, None] * dist).clamp(1e-5, 1e5)
+    w = torch.softmax((scores * effect).masked_fill(~allowed, float("-inf")), -1)
+    return F.dropout(w, p_drop, training=p_drop > 0) @ vh
+
+
 class DecayAttention(nn.Module):
     """Multi-head attention with a learned per-head decay in step distance (module docstring).
 
@@ -111,9 +137,14 @@ class DecayAttention(nn.Module):
     computed in float32 because ``theta_h tau`` grows with T.
     """
 
-    def __init__(self, d: int, heads: int, null: bool = False):
+    def __init__(self, d: int, heads: int, null: bool = False, distance: str = "step",
+                 attn_dropout: float = 0.0):
         super().__init__()
-        self.heads = heads
+        if distance not in DISTANCES:
+            raise DsrsdError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        if not 0 <= attn_dropout < 1:
+            raise DsrsdError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
+        self.heads, self.distance, self.attn_dropout = heads, distance, float(attn_dropout)
         self.qk = nn.Linear(d, d)  # AKT's kq_same: queries and keys share one projection
         self.v = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
@@ -138,21 +169,27 @@ class DecayAttention(nn.Module):
             pos = torch.cat([pos[:1] - 1, pos])
             allowed = torch.cat([allowed.new_ones(t, 1), allowed], 1)
         theta = F.softplus(self.gamma.float())
+        p_drop = self.attn_dropout if self.training else 0.0
+        if self.distance == "context":
+            out = _context_attention(qh, kh, vh, allowed, pos, theta, dh, p_drop)
+            return self.out(out.transpose(1, 2).reshape(b, t, d).to(q.dtype))
         qx = torch.cat([qh, qh.new_full((b, self.heads, t, 1), dh ** 0.5)], -1)
         kx = torch.cat([kh, (theta[:, None] * pos).expand(b, -1, -1).unsqueeze(-1)], -1)
         vx = F.pad(vh, (0, 1))  # the fused kernel wants one head size for q, k and v
-        # No dropout on the attention weights (AKT has it): on CPU it draws a [B, H, T, T] mask
+        # Attention dropout is off by default (AKT has it): on CPU it draws a [B, H, T, T] mask
         # per call and was the largest cost of an AKT step; the layer's residual dropout stays.
-        out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=allowed, scale=dh ** -0.5)
+        out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=allowed, scale=dh ** -0.5,
+                                             dropout_p=p_drop)
         return self.out(out[..., :dh].transpose(1, 2).reshape(b, t, d).to(q.dtype))
 
 
 class AKTLayer(nn.Module):
     """AKT's post-norm layer: ``x = LN(q + attn)``, then ``LN(x + FF(x))`` when ``ff``."""
 
-    def __init__(self, d: int, heads: int, dropout: float, null: bool = False, ff: bool = True):
+    def __init__(self, d: int, heads: int, dropout: float, null: bool = False, ff: bool = True,
+                 distance: str = "step", attn_dropout: float = 0.0):
         super().__init__()
-        self.attn = DecayAttention(d, heads, null)
+        self.attn = DecayAttention(d, heads, null, distance, attn_dropout)
         self.ln1 = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
         self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Dropout(dropout),
@@ -175,17 +212,19 @@ class KTAttentionEncoder(nn.Module):
     """
 
     def __init__(self, spec: ModalitySpec, d: int, dropout: float = 0.1, layers: int = 1,
-                 heads: int = 4, rasch: bool = True, project: bool = True):
+                 heads: int = 4, rasch: bool = True, project: bool = True, distance: str = "step",
+                 attn_dropout: float = 0.0):
         super().__init__()
         if d % heads:
             raise DsrsdError(f"hidden size d={d} must be divisible by heads={heads}")
         if layers < 1:
             raise DsrsdError(f"the KT attention encoder needs layers >= 1, got {layers}")
         self.emb = KTEmbedding(spec, d, rasch)
-        self.knowledge = nn.ModuleList(AKTLayer(d, heads, dropout) for _ in range(layers))
-        self.question = nn.ModuleList(AKTLayer(d, heads, dropout, ff=False)
+        att = {"distance": distance, "attn_dropout": attn_dropout}
+        self.knowledge = nn.ModuleList(AKTLayer(d, heads, dropout, **att) for _ in range(layers))
+        self.question = nn.ModuleList(AKTLayer(d, heads, dropout, ff=False, **att)
                                       for _ in range(layers))
-        self.retriever = nn.ModuleList(AKTLayer(d, heads, dropout, null=True)
+        self.retriever = nn.ModuleList(AKTLayer(d, heads, dropout, null=True, **att)
                                        for _ in range(layers))
         self.out = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.LayerNorm(d)) \
             if project else None

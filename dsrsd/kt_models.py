@@ -84,19 +84,24 @@ class DKT(HistoryOnly):
 class AKT(HistoryOnly):
     """AKT (module docstring). Args: ``layers`` (blocks of each encoder), ``heads``, ``rasch``,
     ``mu_l2``: AKT's L2 penalty on the problem difficulties ``mu_q`` added to the loss (term
-    ``rasch_l2``, pre-weighted; AKT uses 1e-5; 0 = off, the decoupled weight decay only)."""
+    ``rasch_l2``, pre-weighted; AKT uses 1e-5; 0 = off, the decoupled weight decay only);
+    ``distance``: ``"step"`` (our fused simplification) or ``"context"`` (AKT's context-aware
+    distance, unfused); ``attn_dropout``: dropout on the attention weights (AKT has it; 0 here
+    by default, for speed on CPU)."""
 
     method = "akt"
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, layers: int = 1,
-                 heads: int = 4, rasch: bool = True, mu_l2: float = 0.0, **kw):
+                 heads: int = 4, rasch: bool = True, mu_l2: float = 0.0, distance: str = "step",
+                 attn_dropout: float = 0.0, **kw):
         super().__init__(specs, task, d, **kw)
         if not mu_l2 >= 0:
             raise DsrsdError(f"mu_l2 must be >= 0, got {mu_l2}")
         self.mu_l2 = float(mu_l2)
         dropout = kw.get("dropout", 0.1)
-        self.encoders[self.modality] = KTAttentionEncoder(self.specs[0], d, dropout, layers,
-                                                          heads, rasch, project=False)
+        self.encoders[self.modality] = KTAttentionEncoder(
+            self.specs[0], d, dropout, layers, heads, rasch, project=False, distance=distance,
+            attn_dropout=attn_dropout)
         half = max(d // 2, 1)
         self.predictor = nn.Sequential(
             nn.Linear(2 * d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, half), nn.ReLU(),

@@ -78,12 +78,13 @@ FUSION = [("early", {}), ("late", {}), ("late_logit", {}), ("coattention", {"hea
 CASES = [(m, p, enc) for m, p in FUSION for enc in ("gru", "transformer")] + [
     ("dkt", {}, "gru"), ("dkt", {"cell": "gru", "rasch": True}, "gru"), ("akt", {}, "gru"),
     ("akt", {"layers": 2, "rasch": False}, "gru"),
+    ("akt", {"distance": "context", "attn_dropout": 0.1}, "gru"),
     ("gbdt", {"max_iter": 40, "min_samples_leaf": 5}, "gru")]
 
 
 def case_id(c) -> str:
     m, p, enc = c
-    extra = ",".join(f"{k}={v}" for k, v in p.items() if k in ("cell", "rasch", "layers"))
+    extra = ",".join(f"{k}={v}" for k, v in p.items() if k in ("cell", "rasch", "layers", "distance"))
     return f"{m}-{enc}" + (f"[{extra}]" if extra else "")
 
 
@@ -282,6 +283,59 @@ def test_decay_attention_is_softmax_with_a_distance_bias(strict):
     logits = logits.masked_fill(dist <= 0 if strict else dist < 0, float("-inf"))
     want = att.out((logits.softmax(-1) @ vh).transpose(1, 2).reshape(3, 5, 8))
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_context_distance_is_akts_monotonic_attention(strict):
+    """distance="context": scores times exp(-theta_h sqrt(|t - tau| * attention of t on the keys
+    after tau)), by hand with loops; the null key sits at tau = -1."""
+    from dsrsd.kt_encoders import DecayAttention
+    torch.manual_seed(0)
+    att = DecayAttention(8, 2, null=strict, distance="context").eval()
+    with torch.no_grad():
+        att.gamma.copy_(torch.tensor([0.3, -1.0]))
+    q, kv = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    got = att(q, kv, kv, strict)
+
+    def heads(h):
+        return h.view(2, -1, 2, 4).transpose(1, 2)
+    qh, kh, vh = heads(att.qk(q)), heads(att.qk(kv)), heads(att.v(kv))
+    tau = [float(i) for i in range(5)]
+    if strict:
+        kh = torch.cat([att.null_k.expand(2, -1, -1, -1), kh], 2)
+        vh = torch.cat([att.null_v.expand(2, -1, -1, -1), vh], 2)
+        tau = [-1.0] + tau
+    theta = torch.nn.functional.softplus(att.gamma)
+    out = torch.zeros(2, 2, 5, 4)
+    for b in range(2):
+        for h in range(2):
+            for t in range(5):
+                keys = [j for j, p in enumerate(tau) if (p < t if strict else p <= t)]
+                s = torch.stack([qh[b, h, t] @ kh[b, h, j] / 2 for j in keys])
+                w = s.softmax(0).detach()
+                dist = torch.stack([(abs(t - tau[j]) * w[i + 1:].sum()).sqrt()
+                                    for i, j in enumerate(keys)])
+                a = (s * torch.exp(-theta[h] * dist)).softmax(0)
+                out[b, h, t] = a @ vh[b, h, keys]
+    want = att.out(out.transpose(1, 2).reshape(2, 5, 8))
+    # sums in another order, and sqrt magnifies rounding near a distance of 0: a tolerance
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_dropout_acts_only_in_training():
+    from dsrsd.kt_encoders import DecayAttention
+    for distance in ("step", "context"):
+        torch.manual_seed(0)
+        plain = DecayAttention(8, 2, null=True, distance=distance)
+        drop = DecayAttention(8, 2, null=True, distance=distance, attn_dropout=0.5)
+        drop.load_state_dict(plain.state_dict())
+        q = torch.randn(3, 6, 8)
+        torch.testing.assert_close(drop.eval()(q, q, q, True), plain.eval()(q, q, q, True))
+        assert not torch.allclose(drop.train()(q, q, q, True), plain.train()(q, q, q, True))
+    with pytest.raises(DsrsdError, match="distance must be one of"):
+        DecayAttention(8, 2, distance="wall")
+    with pytest.raises(DsrsdError, match="attn_dropout"):
+        DecayAttention(8, 2, attn_dropout=1.0)
 
 
 def test_akt_mu_l2_is_akts_penalty_on_the_problem_difficulties(splits):
