@@ -257,13 +257,12 @@ def test_speed_benchmark_runs_on_an_akt_folder(tmp_path, akt_dir):
     assert all(float(x["ms_step"]) > 0 and int(x["steps_epoch"]) > 0 for x in rows)
 
 
-@pytest.mark.parametrize("strict", [False, True])
-def test_decay_attention_is_softmax_with_a_distance_bias(strict):
-    """The folded decay feature gives softmax(q k / sqrt(d_h) - theta_h (t - tau)) exactly, the
-    null key sitting at tau = -1."""
+def _attention_by_hand(strict: bool, distance: str):
+    """A seeded DecayAttention (3 sequences of 5 steps, d 8, 2 heads), its output, and its
+    projected heads, with the null key (at tau = -1) prepended when ``strict``."""
     from dsrsd.kt_encoders import DecayAttention
     torch.manual_seed(0)
-    att = DecayAttention(8, 2, null=strict)
+    att = DecayAttention(8, 2, null=strict, distance=distance).eval()
     with torch.no_grad():
         att.gamma.copy_(torch.tensor([0.3, -1.0]))
     q, kv = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
@@ -277,6 +276,14 @@ def test_decay_attention_is_softmax_with_a_distance_bias(strict):
         kh = torch.cat([att.null_k.expand(3, -1, -1, -1), kh], 2)
         vh = torch.cat([att.null_v.expand(3, -1, -1, -1), vh], 2)
         tau = torch.cat([torch.tensor([-1.0]), tau])
+    return att, got, qh, kh, vh, tau
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_decay_attention_is_softmax_with_a_distance_bias(strict):
+    """The folded decay feature gives softmax(q k / sqrt(d_h) - theta_h (t - tau)) exactly, the
+    null key sitting at tau = -1."""
+    att, got, qh, kh, vh, tau = _attention_by_hand(strict, "step")
     dist = torch.arange(5.0)[:, None] - tau[None]
     theta = torch.nn.functional.softplus(att.gamma)[:, None, None]
     logits = qh @ kh.transpose(-1, -2) / 2 - theta * dist
@@ -289,25 +296,11 @@ def test_decay_attention_is_softmax_with_a_distance_bias(strict):
 def test_context_distance_is_akts_monotonic_attention(strict):
     """distance="context": scores times exp(-theta_h sqrt(|t - tau| * attention of t on the keys
     after tau)), by hand with loops; the null key sits at tau = -1."""
-    from dsrsd.kt_encoders import DecayAttention
-    torch.manual_seed(0)
-    att = DecayAttention(8, 2, null=strict, distance="context").eval()
-    with torch.no_grad():
-        att.gamma.copy_(torch.tensor([0.3, -1.0]))
-    q, kv = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
-    got = att(q, kv, kv, strict)
-
-    def heads(h):
-        return h.view(2, -1, 2, 4).transpose(1, 2)
-    qh, kh, vh = heads(att.qk(q)), heads(att.qk(kv)), heads(att.v(kv))
-    tau = [float(i) for i in range(5)]
-    if strict:
-        kh = torch.cat([att.null_k.expand(2, -1, -1, -1), kh], 2)
-        vh = torch.cat([att.null_v.expand(2, -1, -1, -1), vh], 2)
-        tau = [-1.0] + tau
+    att, got, qh, kh, vh, tau = _attention_by_hand(strict, "context")
+    tau = tau.tolist()
     theta = torch.nn.functional.softplus(att.gamma)
-    out = torch.zeros(2, 2, 5, 4)
-    for b in range(2):
+    out = torch.zeros(3, 2, 5, 4)
+    for b in range(3):
         for h in range(2):
             for t in range(5):
                 keys = [j for j, p in enumerate(tau) if (p < t if strict else p <= t)]
@@ -317,7 +310,7 @@ def test_context_distance_is_akts_monotonic_attention(strict):
                                     for i, j in enumerate(keys)])
                 a = (s * torch.exp(-theta[h] * dist)).softmax(0)
                 out[b, h, t] = a @ vh[b, h, keys]
-    want = att.out(out.transpose(1, 2).reshape(2, 5, 8))
+    want = att.out(out.transpose(1, 2).reshape(3, 5, 8))
     # sums in another order, and sqrt magnifies rounding near a distance of 0: a tolerance
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
