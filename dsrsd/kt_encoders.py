@@ -117,8 +117,8 @@ def _context_attention(qh: Tensor, kh: Tensor, vh: Tensor, allowed: Tensor, pos:
         after = F.pad(w.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))
         t = scores.shape[-2]
         gap = (pos[-t:, None] - pos[None, :]).abs()  # |t - tau| in steps
-        dist = (after * gap).clamp(min=0).sqrt()
-    effect = torch.exp(-theta[:, None, None] * dist).clamp(1e-5, 1e5)
+        dist = (after * gap).sqrt()  # both factors are >= 0 by construction
+    effect = torch.exp(-theta[:, None, None] * dist).clamp(min=1e-5)  # <= 1, as theta >= 0
     w = torch.softmax((scores * effect).masked_fill(~allowed, float("-inf")), -1)
     return F.dropout(w, p_drop, training=p_drop > 0) @ vh
 
@@ -172,15 +172,15 @@ class DecayAttention(nn.Module):
         p_drop = self.attn_dropout if self.training else 0.0
         if self.distance == "context":
             out = _context_attention(qh, kh, vh, allowed, pos, theta, dh, p_drop)
-            return self.out(out.transpose(1, 2).reshape(b, t, d).to(q.dtype))
-        qx = torch.cat([qh, qh.new_full((b, self.heads, t, 1), dh ** 0.5)], -1)
-        kx = torch.cat([kh, (theta[:, None] * pos).expand(b, -1, -1).unsqueeze(-1)], -1)
-        vx = F.pad(vh, (0, 1))  # the fused kernel wants one head size for q, k and v
-        # Attention dropout is off by default (AKT has it): on CPU it draws a [B, H, T, T] mask
-        # per call and was the largest cost of an AKT step; the layer's residual dropout stays.
-        out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=allowed, scale=dh ** -0.5,
-                                             dropout_p=p_drop)
-        return self.out(out[..., :dh].transpose(1, 2).reshape(b, t, d).to(q.dtype))
+        else:
+            qx = torch.cat([qh, qh.new_full((b, self.heads, t, 1), dh ** 0.5)], -1)
+            kx = torch.cat([kh, (theta[:, None] * pos).expand(b, -1, -1).unsqueeze(-1)], -1)
+            vx = F.pad(vh, (0, 1))  # the fused kernel wants one head size for q, k and v
+            # Attention dropout is off by default (AKT has it): on CPU it draws a [B, H, T, T]
+            # mask per call and was the largest cost of an AKT step; residual dropout stays.
+            out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=allowed,
+                                                 scale=dh ** -0.5, dropout_p=p_drop)[..., :dh]
+        return self.out(out.transpose(1, 2).reshape(b, t, d).to(q.dtype))
 
 
 class AKTLayer(nn.Module):
