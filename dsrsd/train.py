@@ -327,6 +327,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
               "config_hash": cfg.hash(), "seed": cfg.seed, "data_info": splits.info,
               "n_params": count_parameters(net) if net is not None else 0, "world_size": world}
 
+    resumed: dict = {}  # filled by _train_loop when it continues a killed run
     if isinstance(model, DirectFit):  # fitted outside the gradient loop
         from dsrsd.fitting import fit_direct
         try:
@@ -340,7 +341,8 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
         history, epochs_run, best_epoch = [], 0, -1
     else:
         history, epochs_run, best_epoch = _train_loop(model, cfg, train, val, device, out,
-                                                      resume, progress, rank, world, stop_after)
+                                                      resume, progress, rank, world, stop_after,
+                                                      resumed)
         if stop_after is not None:
             return {**record, "history": history, "epochs_run": epochs_run}
     trim = cfg.length_buckets > 0  # evaluation: trimmed batches in the plain order
@@ -354,7 +356,8 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, out: str | Path | None =
                                  trim=trim),
         "history": history, "epochs_run": epochs_run, "best_epoch": best_epoch,
         "selection": selection_policy(cfg),
-        "wall_time_s": time.perf_counter() - t0, **provenance(device), **(labels or {})})
+        "wall_time_s": time.perf_counter() - t0 + (resumed.get("earlier_wall_s") or 0.0),
+        **({"resumed": resumed} if resumed else {}), **provenance(device), **(labels or {})})
     if out is not None and rank == 0:
         # before the record: a record on disk always has its predictions file
         record["predictions"] = write_predictions(
@@ -382,7 +385,12 @@ def selection_policy(cfg: TrainConfig) -> dict:
 
 
 def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progress, rank, world,
-                stop_after: int | None = None):
+                stop_after: int | None = None, resumed: dict | None = None):
+    """The epochs of :func:`fit`. Continuing a killed run from ``last.pt``, it fills ``resumed``
+    with the epoch it resumed at and the training seconds the earlier processes logged there
+    (``None`` for a checkpoint written before they were logged), so the record's wall time
+    counts the whole run, not only its last piece."""
+    t_loop, earlier_s = time.perf_counter(), 0.0
     opt = make_optimizer(model, cfg)
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
@@ -397,6 +405,8 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             torch.set_rng_state(ck["rng"])
             history, best = list(ck["history"]), dict(ck["best"])
             bad_epochs, start = int(ck["bad_epochs"]), int(ck["epoch"]) + 1
+            earlier = ck.get("wall_s")
+            earlier_s = float(earlier) if earlier is not None else 0.0
             if not {"score", "epoch", "state"} <= set(best):
                 raise KeyError("best")
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
@@ -406,6 +416,9 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             # Early stopping had fired at the saved epoch: the run is over, only its record
             # was not written yet. Training on would give a different (wrong) result.
             start = cfg.epochs
+        if resumed is not None:
+            resumed.update(from_epoch=int(ck["epoch"]) + 1,
+                           earlier_wall_s=float(earlier) if earlier is not None else None)
     warm = cfg.warmup()
     # Inside the warm-up (select_after_warmup) nothing is chosen and patience does not count;
     # a run that ends inside it keeps its last epoch.
@@ -456,7 +469,8 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             atomic_torch_save({"format": CHECKPOINT_FORMAT, "config_hash": cfg.hash(),
                                "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "rng": torch.get_rng_state(), "history": history, "best": best,
-                               "bad_epochs": bad_epochs, "epoch": epoch}, out / "last.pt")
+                               "bad_epochs": bad_epochs, "epoch": epoch,
+                               "wall_s": earlier_s + time.perf_counter() - t_loop}, out / "last.pt")
         if stop:
             break
     bar.close()

@@ -241,10 +241,15 @@ def test_resume_with_the_new_options(synthetic, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, splits=synthetic, out=tmp_path, progress=False)
     monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    earlier_s = torch.load(tmp_path / "last.pt", weights_only=False)["wall_s"]
     resumed = fit(cfg, splits=synthetic, out=tmp_path, resume=True, progress=False)
     assert resumed["history"] == whole["history"]
     assert resumed["best_epoch"] == whole["best_epoch"] >= 2
     assert resumed["test"] == whole["test"]
+    # the record says it was resumed, and its wall time counts the killed process's epoch too
+    assert "resumed" not in whole
+    assert resumed["resumed"] == {"from_epoch": 1, "earlier_wall_s": earlier_s}
+    assert earlier_s > 0 and resumed["wall_time_s"] > earlier_s
 
 
 @pytest.mark.parametrize("key,value,message", [
