@@ -187,13 +187,13 @@ class AKTLayer(nn.Module):
     """AKT's post-norm layer: ``x = LN(q + attn)``, then ``LN(x + FF(x))`` when ``ff``."""
 
     def __init__(self, d: int, heads: int, dropout: float, null: bool = False, ff: bool = True,
-                 distance: str = "step", attn_dropout: float = 0.0):
+                 distance: str = "step", attn_dropout: float = 0.0, ff_mult: int = 2):
         super().__init__()
         self.attn = DecayAttention(d, heads, null, distance, attn_dropout)
         self.ln1 = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
-        self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(2 * d, d)) if ff else None
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(ff_mult * d, d)) if ff else None
         self.ln2 = nn.LayerNorm(d) if ff else None
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, strict: bool = False) -> Tensor:
@@ -213,15 +213,18 @@ class KTAttentionEncoder(nn.Module):
 
     def __init__(self, spec: ModalitySpec, d: int, dropout: float = 0.1, layers: int = 1,
                  heads: int = 4, rasch: bool = True, project: bool = True, distance: str = "step",
-                 attn_dropout: float = 0.0):
+                 attn_dropout: float = 0.0, ff_mult: int = 2):
         super().__init__()
         if d % heads:
             raise DsrsdError(f"hidden size d={d} must be divisible by heads={heads}")
         if layers < 1:
             raise DsrsdError(f"the KT attention encoder needs layers >= 1, got {layers}")
+        if not (isinstance(ff_mult, int) and ff_mult >= 1):
+            raise DsrsdError(f"ff_mult must be an integer >= 1, got {ff_mult!r}")
         self.emb = KTEmbedding(spec, d, rasch)
         att = {"distance": distance, "attn_dropout": attn_dropout}
-        self.knowledge = nn.ModuleList(AKTLayer(d, heads, dropout, **att) for _ in range(layers))
+        self.knowledge = nn.ModuleList(AKTLayer(d, heads, dropout, ff_mult=ff_mult, **att)
+                                       for _ in range(layers))
         self.question = nn.ModuleList(AKTLayer(d, heads, dropout, ff=False, **att)
                                       for _ in range(layers))
         self.retriever = nn.ModuleList(AKTLayer(d, heads, dropout, null=True, **att)

@@ -390,7 +390,7 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
     with the epoch it resumed at and the training seconds the earlier processes logged there
     (``None`` for a checkpoint written before they were logged), so the record's wall time
     counts the whole run, not only its last piece."""
-    t_loop, earlier_s = time.perf_counter(), 0.0
+    t_loop, earlier = time.perf_counter(), None  # earlier: seconds logged in last.pt, if any
     opt = make_optimizer(model, cfg)
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
@@ -405,8 +405,7 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             torch.set_rng_state(ck["rng"])
             history, best = list(ck["history"]), dict(ck["best"])
             bad_epochs, start = int(ck["bad_epochs"]), int(ck["epoch"]) + 1
-            earlier = ck.get("wall_s")
-            earlier_s = float(earlier) if earlier is not None else 0.0
+            earlier = None if ck.get("wall_s") is None else float(ck["wall_s"])
             if not {"score", "epoch", "state"} <= set(best):
                 raise KeyError("best")
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
@@ -417,8 +416,7 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
             # was not written yet. Training on would give a different (wrong) result.
             start = cfg.epochs
         if resumed is not None:
-            resumed.update(from_epoch=int(ck["epoch"]) + 1,
-                           earlier_wall_s=float(earlier) if earlier is not None else None)
+            resumed.update(from_epoch=int(ck["epoch"]) + 1, earlier_wall_s=earlier)
     warm = cfg.warmup()
     # Inside the warm-up (select_after_warmup) nothing is chosen and patience does not count;
     # a run that ends inside it keeps its last epoch.
@@ -470,7 +468,7 @@ def _train_loop(model: FusionModel, cfg, train, val, device, out, resume, progre
                                "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "rng": torch.get_rng_state(), "history": history, "best": best,
                                "bad_epochs": bad_epochs, "epoch": epoch,
-                               "wall_s": earlier_s + time.perf_counter() - t_loop}, out / "last.pt")
+                               "wall_s": (earlier or 0.0) + time.perf_counter() - t_loop}, out / "last.pt")
         if stop:
             break
     bar.close()
