@@ -213,21 +213,23 @@ class KTAttentionEncoder(nn.Module):
 
     def __init__(self, spec: ModalitySpec, d: int, dropout: float = 0.1, layers: int = 1,
                  heads: int = 4, rasch: bool = True, project: bool = True, distance: str = "step",
-                 attn_dropout: float = 0.0, ff_mult: int = 2):
+                 attn_dropout: float = 0.0, ff_mult: int = 2, retriever_ff_mult: int = 2):
         super().__init__()
         if d % heads:
             raise DsrsdError(f"hidden size d={d} must be divisible by heads={heads}")
         if layers < 1:
             raise DsrsdError(f"the KT attention encoder needs layers >= 1, got {layers}")
-        if not (isinstance(ff_mult, int) and ff_mult >= 1):
-            raise DsrsdError(f"ff_mult must be an integer >= 1, got {ff_mult!r}")
+        for name, mult in (("ff_mult", ff_mult), ("retriever_ff_mult", retriever_ff_mult)):
+            if not (isinstance(mult, int) and mult >= 1):
+                raise DsrsdError(f"{name} must be an integer >= 1, got {mult!r}")
         self.emb = KTEmbedding(spec, d, rasch)
         att = {"distance": distance, "attn_dropout": attn_dropout}
         self.knowledge = nn.ModuleList(AKTLayer(d, heads, dropout, ff_mult=ff_mult, **att)
                                        for _ in range(layers))
         self.question = nn.ModuleList(AKTLayer(d, heads, dropout, ff=False, **att)
                                       for _ in range(layers))
-        self.retriever = nn.ModuleList(AKTLayer(d, heads, dropout, null=True, **att)
+        self.retriever = nn.ModuleList(AKTLayer(d, heads, dropout, null=True,
+                                                ff_mult=retriever_ff_mult, **att)
                                        for _ in range(layers))
         self.out = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.LayerNorm(d)) \
             if project else None

@@ -88,15 +88,17 @@ class AKT(HistoryOnly):
     ``distance``: ``"step"`` (our fused simplification) or ``"context"`` (AKT's context-aware
     distance, unfused); ``attn_dropout``: dropout on the attention weights (AKT has it; 0 here
     by default, for speed on CPU); ``ff_mult``: the knowledge encoder's feed-forward width in
-    units of ``d`` (2 here; AKT's 1024 at d 256 is 4); ``predictor_width``: the predictor's
+    units of ``d`` (2 here; AKT's 1024 at d 256 is 4); ``retriever_ff_mult``: the same for the
+    knowledge retriever (AKT's one ``d_ff`` sets both: pass 4 to each for its widths; two
+    options so that records made before the second keep their models); ``predictor_width``: the predictor's
     first hidden width, the second is half of it (default ``d``; AKT uses 512 at any ``d``)."""
 
     method = "akt"
 
     def __init__(self, specs: list[ModalitySpec], task: TaskSpec, d: int = 128, layers: int = 1,
                  heads: int = 4, rasch: bool = True, mu_l2: float = 0.0, distance: str = "step",
-                 attn_dropout: float = 0.0, ff_mult: int = 2, predictor_width: int | None = None,
-                 **kw):
+                 attn_dropout: float = 0.0, ff_mult: int = 2, retriever_ff_mult: int = 2,
+                 predictor_width: int | None = None, **kw):
         super().__init__(specs, task, d, **kw)
         if not mu_l2 >= 0:
             raise DsrsdError(f"mu_l2 must be >= 0, got {mu_l2}")
@@ -107,7 +109,7 @@ class AKT(HistoryOnly):
         dropout = kw.get("dropout", 0.1)
         self.encoders[self.modality] = KTAttentionEncoder(
             self.specs[0], d, dropout, layers, heads, rasch, project=False, distance=distance,
-            attn_dropout=attn_dropout, ff_mult=ff_mult)
+            attn_dropout=attn_dropout, ff_mult=ff_mult, retriever_ff_mult=retriever_ff_mult)
         half = max(width // 2, 1)
         self.predictor = nn.Sequential(
             nn.Linear(2 * d, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, half),

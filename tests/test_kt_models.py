@@ -79,7 +79,7 @@ CASES = [(m, p, enc) for m, p in FUSION for enc in ("gru", "transformer")] + [
     ("dkt", {}, "gru"), ("dkt", {"cell": "gru", "rasch": True}, "gru"), ("akt", {}, "gru"),
     ("akt", {"layers": 2, "rasch": False}, "gru"),
     ("akt", {"distance": "context", "attn_dropout": 0.1}, "gru"),
-    ("akt", {"ff_mult": 4, "predictor_width": 48}, "gru"),
+    ("akt", {"ff_mult": 4, "retriever_ff_mult": 3, "predictor_width": 48}, "gru"),
     ("gbdt", {"max_iter": 40, "min_samples_leaf": 5}, "gru")]
 
 
@@ -359,19 +359,23 @@ def test_akt_mu_l2_is_akts_penalty_on_the_problem_difficulties(splits):
 
 def test_akt_layer_widths(splits):
     """``ff_mult`` sets the knowledge encoder's feed-forward width (in units of d; the question
-    encoder has none) and ``predictor_width`` the predictor's (then half of it); the defaults are
-    2d and d; a width that cannot build a layer is a one-line error naming the parameter."""
+    encoder has none), ``retriever_ff_mult`` the retriever's, each alone, and ``predictor_width``
+    the predictor's (then half of it); the defaults are 2d, 2d and d; a width that cannot build a
+    layer is a one-line error naming the parameter."""
     def widths(params):
         m = build_model(cfg("akt", params), splits.train.specs, splits.train.task, splits.train)
         enc = m.encoders[m.modality]
         return ([layer.ff[0].out_features for layer in enc.knowledge],
                 [layer.ff for layer in enc.question],
+                [layer.ff[0].out_features for layer in enc.retriever],
                 [lin.out_features for lin in m.predictor if isinstance(lin, torch.nn.Linear)])
 
-    assert widths({}) == ([2 * D], [None], [D, D // 2, 1])
+    assert widths({}) == ([2 * D], [None], [2 * D], [D, D // 2, 1])
     assert widths({"ff_mult": 4, "predictor_width": 40, "layers": 2}) == (
-        [4 * D, 4 * D], [None, None], [40, 20, 1])
+        [4 * D, 4 * D], [None, None], [2 * D, 2 * D], [40, 20, 1])
+    assert widths({"retriever_ff_mult": 3}) == ([2 * D], [None], [3 * D], [D, D // 2, 1])
     for bad, name in (({"ff_mult": 0}, "ff_mult"), ({"ff_mult": 1.5}, "ff_mult"),
+                      ({"retriever_ff_mult": 0}, "retriever_ff_mult"),
                       ({"predictor_width": 1}, "predictor_width")):
         with pytest.raises(DsrsdError, match=name):
             widths(bad)
