@@ -214,13 +214,21 @@ def headline(df: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
     return t.fillna("—")
 
 
-def selection(df: pd.DataFrame, experiment: str, metric: str = "val_auc") -> pd.DataFrame:
+def selection(df: pd.DataFrame, experiment: str | list[str],
+              metric: str = "val_auc") -> pd.DataFrame:
     """The trials of a selection experiment per method, best first by mean validation
     ``metric`` over its runs; ``chosen`` marks each method's best trial. Test metrics are not
-    read, so nothing is chosen on test data."""
-    sub = df[df["experiment"] == experiment] if "experiment" in df else df.iloc[0:0]
-    if sub.empty:
-        raise DsrsdError(f"no records of experiment {experiment!r} in the results")
+    read, so nothing is chosen on test data. A list of experiments pools their trials (a search
+    grown by a later experiment on the same split), which must not share a variant name."""
+    names = [experiment] if isinstance(experiment, str) else list(experiment)
+    sub = df[df["experiment"].isin(names)] if "experiment" in df else df.iloc[0:0]
+    for name in names:
+        if "experiment" not in sub or not (sub["experiment"] == name).any():
+            raise DsrsdError(f"no records of experiment {name!r} in the results")
+    shared = sub.groupby("variant")["experiment"].nunique()
+    if (shared > 1).any():
+        raise DsrsdError(f"experiments {', '.join(names)} share the variant "
+                         f"{shared[shared > 1].index[0]!r}: pooled trials need distinct names")
     if metric not in sub:
         raise DsrsdError(f"experiment {experiment!r}: its records have no {metric!r}")
     g = sub.groupby(["method", "variant"])[metric].agg(["mean", "count"]).reset_index()

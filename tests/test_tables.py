@@ -175,6 +175,14 @@ def test_selection_ranks_trials_on_validation_only():
     assert chosen == {"dsrsd": "b", "early": "c"}  # test AUC would have picked a and d
     with pytest.raises(DsrsdError, match="no records of experiment 'none'"):
         tables.selection(df, "none")
+    # a grown search pools its experiments; one of them missing, or a name in both, is an error
+    pooled = tables.selection(df, ["sel", "other"])
+    assert pooled.loc[pooled["chosen"], "variant"].tolist() == ["z", "c"]
+    with pytest.raises(DsrsdError, match="no records of experiment 'none'"):
+        tables.selection(df, ["sel", "none"])
+    twice = pd.concat([df, df.iloc[[0]].assign(experiment="other")])
+    with pytest.raises(DsrsdError, match="share the variant 'a'"):
+        tables.selection(twice, ["sel", "other"])
 
 
 def _run_with_predictions(root, run_id, variant, seed, y, prob, unit, write=True):
