@@ -90,8 +90,9 @@ class AKT(HistoryOnly):
     by default, for speed on CPU); ``ff_mult``: the knowledge encoder's feed-forward width in
     units of ``d`` (2 here; AKT's 1024 at d 256 is 4); ``retriever_ff_mult``: the same for the
     knowledge retriever (AKT's one ``d_ff`` sets both: pass 4 to each for its widths; two
-    options so that records made before the second keep their models); ``predictor_width``: the predictor's
-    first hidden width, the second is half of it (default ``d``; AKT uses 512 at any ``d``)."""
+    options so that records made before the second keep their models); ``predictor_width``:
+    the predictor's first hidden width, the second is half of it (default ``d``; AKT uses 512
+    at any ``d``)."""
 
     method = "akt"
 

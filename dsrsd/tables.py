@@ -221,16 +221,17 @@ def selection(df: pd.DataFrame, experiment: str | list[str],
     read, so nothing is chosen on test data. A list of experiments pools their trials (a search
     grown by a later experiment on the same split), which must not share a variant name."""
     names = [experiment] if isinstance(experiment, str) else list(experiment)
-    sub = df[df["experiment"].isin(names)] if "experiment" in df else df.iloc[0:0]
-    for name in names:
-        if "experiment" not in sub or not (sub["experiment"] == name).any():
-            raise DsrsdError(f"no records of experiment {name!r} in the results")
+    have = set(df["experiment"]) if "experiment" in df else set()
+    missing = [name for name in names if name not in have]
+    if missing:
+        raise DsrsdError(f"no records of experiment {missing[0]!r} in the results")
+    sub = df[df["experiment"].isin(names)]
     shared = sub.groupby("variant")["experiment"].nunique()
     if (shared > 1).any():
         raise DsrsdError(f"experiments {', '.join(names)} share the variant "
                          f"{shared[shared > 1].index[0]!r}: pooled trials need distinct names")
     if metric not in sub:
-        raise DsrsdError(f"experiment {experiment!r}: its records have no {metric!r}")
+        raise DsrsdError(f"experiment {', '.join(names)}: its records have no {metric!r}")
     g = sub.groupby(["method", "variant"])[metric].agg(["mean", "count"]).reset_index()
     g = g.rename(columns={"mean": metric, "count": "n"}).sort_values(
         ["method", metric], ascending=[True, False], kind="mergesort")
